@@ -1,0 +1,1 @@
+"""Platform code every Tollgate service shares: settings, logging, telemetry, bus, storage, ops HTTP."""

@@ -1,0 +1,55 @@
+"""Postgres: an asyncpg pool, versioned SQL migrations (yoyo), and a retry for serialization
+failures and deadlocks (the only errors it is correct to retry blindly)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+
+import asyncpg
+
+T = TypeVar("T")
+
+
+async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, command_timeout=30)
+    assert pool is not None
+    return pool
+
+
+def migrate(dsn: str, migrations_dir: Path, service: str) -> int:
+    """Apply pending migrations of one service (each keeps its own yoyo history table). Sync:
+    run it before the event loop starts or in a thread. Returns the number applied."""
+    from yoyo import get_backend, read_migrations
+
+    backend = get_backend(_yoyo_dsn(dsn), migration_table=f"_yoyo_migration_{service}")
+    migrations = read_migrations(str(migrations_dir))
+    with backend.lock():
+        pending = backend.to_apply(migrations)
+        backend.apply_migrations(pending)
+    return len(pending)
+
+
+async def migrate_async(dsn: str, migrations_dir: Path, service: str) -> int:
+    return await asyncio.to_thread(migrate, dsn, migrations_dir, service)
+
+
+def _yoyo_dsn(dsn: str) -> str:
+    for prefix in ("postgresql://", "postgres://"):
+        if dsn.startswith(prefix):
+            return "postgresql+psycopg://" + dsn[len(prefix) :]
+    return dsn
+
+
+async def retry_serializable(op: Callable[[], Awaitable[T]], attempts: int = 8) -> T:
+    for attempt in range(attempts):
+        try:
+            return await op()
+        except (asyncpg.SerializationError, asyncpg.DeadlockDetectedError):
+            if attempt == attempts - 1:
+                raise
+            await asyncio.sleep(random.uniform(0, 0.005 * 2**attempt))
+    raise AssertionError("unreachable")
