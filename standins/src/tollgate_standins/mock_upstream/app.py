@@ -707,10 +707,11 @@ class MockUpstream:
         dims = _int_field(body, "dimensions") or self.settings.embedding_dimensions
         if not await self._before_first_byte(call):
             return
-        if isinstance(raw_input, str) or all(isinstance(t, int) for t in raw_input):
-            inputs: list[Any] = [raw_input]
+        # prompt_items() accepted it, so it is a string or a non-empty list.
+        if isinstance(raw_input, list) and not all(isinstance(t, int) for t in raw_input):
+            inputs: list[Any] = raw_input
         else:
-            inputs = list(raw_input)
+            inputs = [raw_input]
         as_base64 = encoding == "base64"
         data = [
             {
