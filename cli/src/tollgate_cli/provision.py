@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import typer
-from tollgate_platform import bus
-from tollgate_platform.settings import ServiceSettings
 
 from tollgate_cli.output import emit
+from tollgate_platform import bus
+from tollgate_platform.settings import ServiceSettings
 
 app = typer.Typer(help="Create or update infrastructure that services bind to.")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dodopayments import AsyncDodoPayments
+
 from tollgate_platform.settings import ServiceSettings
 
 

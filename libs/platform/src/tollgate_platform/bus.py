@@ -16,9 +16,9 @@ from nats.js.api import PubAck
 from nats.js.errors import NotFoundError
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import REGISTRY
+
 from tollgate_contracts.events import Event
 from tollgate_contracts.streams import ALL_CONSUMERS, ALL_STREAMS, ConsumerSpec, StreamSpec
-
 from tollgate_platform.telemetry import inject_headers
 
 _prometheus_middleware: NatsPrometheusMiddleware | None = None
@@ -73,7 +73,8 @@ async def publish_event(
     js: JetStreamContext, subject: str, event: Event, *, timeout: float = 2.0, headers: dict[str, str] | None = None
 ) -> PubAck:
     """JetStream publish with Nats-Msg-Id = the event's business id, and the trace context."""
-    hdrs = inject_headers(dict(headers or {}))
+    hdrs: dict[str, str] = dict(headers or {})
+    inject_headers(hdrs)
     hdrs["Nats-Msg-Id"] = event.msg_id
     hdrs["Content-Type"] = "application/json"
     return await js.publish(subject, event.model_dump_json().encode(), timeout=timeout, headers=hdrs)

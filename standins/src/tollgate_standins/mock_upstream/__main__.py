@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import logging
 
 import uvicorn
 
 from .app import create_app
 from .settings import MockUpstreamSettings
+
+
+class _DropIntendedAborts(logging.Filter):
+    """`fail: mid_stream` aborts responses on purpose; uvicorn would log each one as an error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != "ASGI callable returned without completing response."
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -17,6 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     settings = MockUpstreamSettings(**overrides)
+    logging.getLogger("uvicorn.error").addFilter(_DropIntendedAborts())
     # No access log: it would cost more per request than the mock's own work.
     uvicorn.run(
         create_app(settings),

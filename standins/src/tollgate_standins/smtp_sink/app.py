@@ -138,7 +138,8 @@ def _to_record(raw: bytes, envelope: Envelope, session: Session) -> dict[str, An
     headers: dict[str, str] = {}
     for key, value in parsed.items():
         headers.setdefault(key, str(value))
-    login = session.login_data
+    auth = session.auth_data
+    login = auth.login if isinstance(auth, LoginPassword) else None
     return {
         "from": envelope.mail_from,
         "to": list(envelope.rcpt_tos),
@@ -166,7 +167,7 @@ def _authenticator(settings: SmtpSinkSettings) -> Any:
             and hmac.compare_digest(auth_data.login, user)
             and hmac.compare_digest(auth_data.password, password)
         )
-        return AuthResult(success=ok, handled=False)
+        return AuthResult(success=ok, handled=False, auth_data=auth_data if ok else None)
 
     return check
 
