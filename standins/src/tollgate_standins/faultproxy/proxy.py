@@ -32,8 +32,9 @@ class Toxics:
     down: bool = False
     # Open connections are reset (RST) now, and new ones are reset on accept, until cleared.
     reset_peer: bool = False
-    # A connection is cut once it has forwarded this many bytes, both directions counted
-    # together since it was opened.
+    # A connection is cut once it has forwarded this many bytes (both directions together),
+    # counted from when the toxic was set or the connection opened, whichever is later: the
+    # same as Toxiproxy, so "let the handshake through, cut the next big reply" is expressible.
     limit_data: int | None = None
     # Data is read and dropped in both directions while the connection is held open.
     timeout: bool = False
@@ -72,12 +73,13 @@ def _reset(writer: asyncio.StreamWriter) -> None:
 
 
 class _Conn:
-    __slots__ = ("client", "closed", "forwarded", "upstream")
+    __slots__ = ("client", "closed", "forwarded", "limit_base", "upstream")
 
     def __init__(self, client: asyncio.StreamWriter, upstream: asyncio.StreamWriter) -> None:
         self.client = client
         self.upstream = upstream
         self.forwarded = 0
+        self.limit_base = 0
         self.closed = False
 
     def close(self, *, reset: bool = False) -> None:
@@ -131,10 +133,13 @@ class FaultProxy:
         await self._unlisten()
         for conn in list(self._conns):
             conn.close()
-        for task in list(self._tasks):
-            task.cancel()
+        # Closed sockets end the pumps by themselves; cancel only what is stuck (e.g. mid-connect).
         if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            _, stuck = await asyncio.wait(set(self._tasks), timeout=2)
+            for task in stuck:
+                task.cancel()
+            if stuck:
+                await asyncio.gather(*stuck, return_exceptions=True)
 
     async def __aenter__(self) -> FaultProxy:
         await self.start()
@@ -148,9 +153,7 @@ class FaultProxy:
     async def _listen(self) -> None:
         if self._server is not None:
             return
-        self._server = await asyncio.start_server(
-            self._on_client, self.listen_host, self.port, reuse_address=True
-        )
+        self._server = await asyncio.start_server(self._on_client, self.listen_host, self.port, reuse_address=True)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def _unlisten(self) -> None:
@@ -180,6 +183,9 @@ class FaultProxy:
                     conn.close()
             elif before.down and not after.down and self._started:
                 await self._listen()
+            if after.limit_data != before.limit_data:
+                for conn in self._conns:
+                    conn.limit_base = conn.forwarded
             if after.reset_peer and not before.reset_peer:
                 for conn in list(self._conns):
                     conn.close(reset=True)
@@ -199,6 +205,10 @@ class FaultProxy:
         self._tasks.add(task)
         try:
             await self._serve(reader, writer)
+        except asyncio.CancelledError:
+            # asyncio.start_server's done-callback calls task.exception(), which re-raises a
+            # cancellation as a logged "Exception in callback"; finishing normally avoids that.
+            writer.transport.abort()
         finally:
             self._tasks.discard(task)
 
@@ -242,9 +252,7 @@ class FaultProxy:
                 if toxics.timeout:
                     continue
                 if toxics.latency_ms or toxics.jitter_ms:
-                    jitter = (
-                        self._random.randint(-toxics.jitter_ms, toxics.jitter_ms) if toxics.jitter_ms else 0
-                    )
+                    jitter = self._random.randint(-toxics.jitter_ms, toxics.jitter_ms) if toxics.jitter_ms else 0
                     await asyncio.sleep(max(0, toxics.latency_ms + jitter) / 1000)
                     toxics = self._toxics
                     if conn.closed:
@@ -252,7 +260,7 @@ class FaultProxy:
                     if toxics.timeout:
                         continue
                 if toxics.limit_data is not None:
-                    allowed = toxics.limit_data - conn.forwarded
+                    allowed = toxics.limit_data - (conn.forwarded - conn.limit_base)
                     if allowed < len(data):
                         if allowed > 0:
                             dst.write(data[:allowed])

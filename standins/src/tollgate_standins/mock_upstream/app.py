@@ -32,6 +32,7 @@ FINGERPRINT = "fp_mock"
 SSE_DONE = b"data: [DONE]\n\n"
 _MID_STREAM_MODES = frozenset({"mid_stream", "mid_stream_error"})
 _MAX_CHOICES = 128
+_YIELD_EVERY = 8
 
 _UPSTREAM_ERRORS: dict[int, tuple[str, str, str | None]] = {
     500: (
@@ -101,9 +102,7 @@ class _Disconnect:
 class _Call:
     __slots__ = ("entry", "knobs", "rid", "send", "watch")
 
-    def __init__(
-        self, rid: bytes, entry: dict[str, Any], knobs: Knobs, watch: _Disconnect, send: Send
-    ) -> None:
+    def __init__(self, rid: bytes, entry: dict[str, Any], knobs: Knobs, watch: _Disconnect, send: Send) -> None:
         self.rid = rid
         self.entry = entry
         self.knobs = knobs
@@ -169,9 +168,7 @@ class MockUpstream:
         self.counts: dict[str, int] = {}
         self._seq = 0
         self._models = frozenset(settings.models)
-        self._models_body = orjson.dumps(
-            {"object": "list", "data": [self._model(m) for m in settings.models]}
-        )
+        self._models_body = orjson.dumps({"object": "list", "data": [self._model(m) for m in settings.models]})
         self._reasoning_prefixes = tuple(settings.reasoning_model_prefixes)
         self._api_key = settings.api_key
         self._embed_cache: dict[tuple[bytes, int, bool], Any] = {}
@@ -287,9 +284,7 @@ class MockUpstream:
             code = None
         else:
             masked = f"{token[:3]}***{token[-4:]}" if len(token) > 8 else "***"
-            message = (
-                f"Incorrect API key provided: {masked}. You can find your API key in your gateway config."
-            )
+            message = f"Incorrect API key provided: {masked}. You can find your API key in your gateway config."
             code = "invalid_api_key"
         await self._error(call, 401, message, "invalid_request_error", code=code)
         return False
@@ -300,9 +295,7 @@ class MockUpstream:
         overridden = isinstance(patch, dict) and "fail" in patch
         if current.fail is not None and current.fail_times > 0 and not overridden:
             left = current.fail_times - 1
-            self.knobs = Knobs(
-                **{**current.as_dict(), "fail_times": left, "fail": current.fail if left else None}
-            )
+            self.knobs = Knobs(**{**current.as_dict(), "fail_times": left, "fail": current.fail if left else None})
         return knobs
 
     async def _get(self, call: _Call, path: str) -> None:
@@ -463,7 +456,13 @@ class MockUpstream:
             delay = knobs.chunk_delay_ms / 1000
             sent = 0
             for i in range(stop_at):
-                if await watch.pause(delay):
+                # Without a delay, yield to the loop (so the disconnect watcher can run) only every
+                # few tokens: a short stream then costs a handful of loop turns, not one per token.
+                if delay > 0 or i % _YIELD_EVERY == _YIELD_EVERY - 1:
+                    if await watch.pause(delay):
+                        entry["disconnected"] = True
+                        return
+                elif watch.event.is_set():
                     entry["disconnected"] = True
                     return
                 await send({"type": "http.response.body", "body": token_frame(i), "more_body": True})
@@ -620,8 +619,7 @@ class MockUpstream:
             await self._error(
                 call,
                 400,
-                "'prompt' must be a string, an array of strings, an array of tokens or an array of "
-                "token arrays",
+                "'prompt' must be a string, an array of strings, an array of tokens or an array of token arrays",
                 "invalid_request_error",
                 param="prompt",
             )
@@ -640,9 +638,7 @@ class MockUpstream:
             text = generated_text(count)
             response: dict[str, Any] = {
                 **base,
-                "choices": [
-                    {"text": text, "index": c, "logprobs": None, "finish_reason": finish} for c in range(n)
-                ],
+                "choices": [{"text": text, "index": c, "logprobs": None, "finish_reason": finish} for c in range(n)],
                 "system_fingerprint": FINGERPRINT,
             }
             if usage is not None:
@@ -663,9 +659,7 @@ class MockUpstream:
 
         def tail() -> list[bytes]:
             frames = [
-                _sse(
-                    {**base, "choices": [{"text": "", "index": c, "logprobs": None, "finish_reason": finish}]}
-                )
+                _sse({**base, "choices": [{"text": "", "index": c, "logprobs": None, "finish_reason": finish}]})
                 for c in range(n)
             ]
             if include_usage and usage is not None:
@@ -687,8 +681,7 @@ class MockUpstream:
             await self._error(
                 call,
                 400,
-                "'input' must be a non-empty string, array of strings, array of tokens or array of "
-                "token arrays",
+                "'input' must be a non-empty string, array of strings, array of tokens or array of token arrays",
                 "invalid_request_error",
                 param="input",
             )
@@ -698,8 +691,7 @@ class MockUpstream:
             await self._error(
                 call,
                 400,
-                f"Invalid value for 'encoding_format': {encoding!r}. "
-                "Supported values are: 'float' and 'base64'.",
+                f"Invalid value for 'encoding_format': {encoding!r}. Supported values are: 'float' and 'base64'.",
                 "invalid_request_error",
                 param="encoding_format",
             )
@@ -848,8 +840,7 @@ class MockUpstream:
         ]
         first_seq = len(head)
         delta_prefix = (
-            b"event: response.output_text.delta\n"
-            b'data: {"type":"response.output_text.delta","sequence_number":'
+            b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta","sequence_number":'
         )
         delta_middle = b',"item_id":"' + msg_id.encode() + b'","output_index":0,"content_index":0,"delta":'
         word_tails = tuple(w + b',"logprobs":[]}\n\n' for w in WORDS_JSON)
@@ -964,9 +955,7 @@ class MockUpstream:
 def _chat_stream_error(sent: int) -> list[bytes]:
     # What OpenAI does after the 200 is out: an in-band error object, then [DONE].
     return [
-        _sse(
-            {"error": {"message": _STREAM_ERROR_MESSAGE, "type": "server_error", "param": None, "code": None}}
-        ),
+        _sse({"error": {"message": _STREAM_ERROR_MESSAGE, "type": "server_error", "param": None, "code": None}}),
         SSE_DONE,
     ]
 

@@ -94,9 +94,7 @@ class _FailMode:
     def describe(self) -> dict[str, Any]:
         return {
             "failing": self.active(),
-            "seconds_left": round(max(0.0, self.until - time.monotonic()), 3)
-            if self.remaining is None
-            else None,
+            "seconds_left": round(max(0.0, self.until - time.monotonic()), 3) if self.remaining is None else None,
             "remaining": self.remaining,
             "status": self.status,
             "retry_after": self.retry_after,
@@ -300,9 +298,7 @@ def _apply_fail(fail: _FailMode, body: Any) -> str | None:
     text = body.get("body")
     if seconds is None and count is None:
         seconds = 60
-    if seconds is not None and (
-        not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or seconds < 0
-    ):
+    if seconds is not None and (not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or seconds < 0):
         return "seconds must be a non-negative number"
     if count is not None and (not isinstance(count, int) or isinstance(count, bool) or count < 0):
         return "count must be a non-negative integer"

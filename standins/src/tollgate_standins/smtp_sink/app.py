@@ -159,9 +159,7 @@ def _authenticator(settings: SmtpSinkSettings) -> Any:
     user = (settings.auth_username or "").encode()
     password = (settings.auth_password or "").encode()
 
-    def check(
-        server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: Any
-    ) -> AuthResult:
+    def check(server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: Any) -> AuthResult:
         ok = (
             isinstance(auth_data, LoginPassword)
             and hmac.compare_digest(auth_data.login, user)
