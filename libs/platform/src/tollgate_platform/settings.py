@@ -36,7 +36,7 @@ class ServiceSettings(BaseSettings):
 
     dodo_api_key: SecretStr = Field(SecretStr("dodo-dev-key"), validation_alias=_env("DODO_PAYMENTS_API_KEY"))
     dodo_webhook_key: SecretStr = Field(
-        SecretStr("whsec_dG9sbGdhdGUtZGV2LXdlYmhvb2stc2VjcmV0"), validation_alias=_env("DODO_PAYMENTS_WEBHOOK_KEY")
+        SecretStr("whsec_dG9sbGdhdGUtZG9kby1lbXVsYXRvci1kZXYtc2VjcmV0"), validation_alias=_env("DODO_PAYMENTS_WEBHOOK_KEY")
     )
     dodo_base_url: str | None = Field("http://127.0.0.1:8091", validation_alias=_env("DODO_PAYMENTS_BASE_URL"))
     dodo_environment: str | None = Field(None, validation_alias=_env("DODO_PAYMENTS_ENVIRONMENT"))
