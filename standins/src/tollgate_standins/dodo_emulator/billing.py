@@ -362,7 +362,7 @@ def _require_status(sub: Obj, *allowed: str) -> None:
 
 
 def _apply_plan(emu: Emulator, sub: Obj, product: Obj, quantity: int, addons: list[Obj]) -> bool:
-    changed_product = product["product_id"] != sub["product_id"]
+    changed_product = bool(product["product_id"] != sub["product_id"])
     price = product["price"]
     sub.update(
         product_id=product["product_id"],
@@ -423,6 +423,8 @@ def renew(emu: Emulator, sub: Obj) -> Obj:
     )
     emu.webhooks.emit("subscription.renewed", kind="subscription", ref_id=sub["subscription_id"],
                       extra={"payment_id": payment["payment_id"]})
+    if change:
+        emu.webhooks.emit("subscription.plan_changed", kind="subscription", ref_id=sub["subscription_id"])
     if was_on_hold:
         emu.webhooks.emit("subscription.active", kind="subscription", ref_id=sub["subscription_id"])
     _start_new_cycle(emu, sub)
@@ -480,7 +482,7 @@ def change_plan(emu: Emulator, sub: Obj, body: ChangePlanIn) -> Obj:
         raise bad_request(f"product {product['product_id']} is archived", "PRODUCT_IS_DELETED")
     if not product["is_recurring"]:
         raise bad_request("a subscription can only change to a subscription product")
-    addons = [{"addon_id": a.addon_id, "quantity": a.quantity} for a in body.addons or []]
+    addons: list[Obj] = [{"addon_id": a.addon_id, "quantity": a.quantity} for a in body.addons or []]
     check_cart_addons(emu, product, addons)
     if body.metadata is not None:
         sub["metadata"] = body.metadata

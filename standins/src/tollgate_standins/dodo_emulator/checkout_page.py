@@ -16,12 +16,15 @@ from .state import Obj
 
 router = APIRouter(tags=["checkout page"], include_in_schema=False)
 
-_ZERO_DECIMAL = {"BIF", "CLP", "DJF", "GNF", "JPY", "KMF", "KRW", "MGA", "PYG", "RWF", "UGX", "VND", "VUV",
-                 "XAF", "XOF", "XPF"}
+_ZERO_DECIMAL = {
+    "BIF", "CLP", "DJF", "GNF", "JPY", "KMF", "KRW", "MGA",
+    "PYG", "RWF", "UGX", "VND", "VUV", "XAF", "XOF", "XPF",
+}
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;max-width:36rem;margin:2rem auto;padding:0 1rem;color:#111}
-table{width:100%;border-collapse:collapse;margin:1rem 0}td,th{padding:.4rem;border-bottom:1px solid #ddd;text-align:left}
+table{width:100%;border-collapse:collapse;margin:1rem 0}
+td,th{padding:.4rem;border-bottom:1px solid #ddd;text-align:left}
 .amount{text-align:right}label{display:block;margin:.5rem 0 .2rem}input{width:100%;padding:.4rem}
 .actions{display:flex;gap:1rem;margin-top:1rem}button{padding:.6rem 1.4rem;font-size:1rem;cursor:pointer}
 .pay{background:#0a7d32;color:#fff;border:0}.decline{background:#fff;border:1px solid #b00;color:#b00}
@@ -64,7 +67,7 @@ def _cart_rows(emu: Emu, session: Obj) -> str:
 
 
 @router.get("/checkout/{session_id}", response_class=HTMLResponse)
-def checkout_page(session_id: str, emu: Emu) -> HTMLResponse:
+async def checkout_page(session_id: str, emu: Emu) -> HTMLResponse:
     try:
         session = get_session(emu, session_id)
     except ApiError:

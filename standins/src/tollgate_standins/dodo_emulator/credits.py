@@ -365,4 +365,4 @@ def check_low_balance(emu: Emulator, ce: Obj, customer_id: str, before: Decimal,
 def subscription_credits(sub: Obj, mapping: Obj) -> Decimal:
     override = (sub.get("_credit_overrides") or {}).get(mapping["credit_entitlement_id"], {})
     amount = override.get("credits_amount") or mapping["credits_amount"]
-    return Decimal(amount) * sub["quantity"]
+    return Decimal(amount) * int(sub["quantity"])

@@ -12,31 +12,31 @@ from .errors import ApiError
 from .runtime import Emulator
 
 
-def get_emu(request: Request) -> Emulator:
+def _emulator_of(request: Request) -> Emulator:
     emu: Emulator = request.app.state.emu
     return emu
+
+
+async def get_emu(request: Request) -> Emulator:
+    return _emulator_of(request)
 
 
 Emu = Annotated[Emulator, Depends(get_emu)]
 
 
-def require_auth(request: Request) -> None:
+async def require_auth(request: Request) -> None:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         raise ApiError(401, "UNAUTHORIZED", "missing or malformed Authorization: Bearer <api key> header")
-    expected = get_emu(request).settings.api_key
+    expected = _emulator_of(request).settings.api_key
     if expected is not None and not hmac.compare_digest(token.encode(), expected.encode()):
         raise ApiError(401, "UNAUTHORIZED", "invalid API key")
 
 
 class PageParams:
-    def __init__(
-        self,
-        page_number: Annotated[int, Query(ge=0)] = 0,
-        page_size: Annotated[int, Query(ge=1, le=100)] = 10,
-    ) -> None:
+    def __init__(self, page_number: int, page_size: int) -> None:
         self.page_number = page_number
         self.page_size = page_size
 
@@ -45,7 +45,14 @@ class PageParams:
         return list(items[start : start + self.page_size])
 
 
-Page = Annotated[PageParams, Depends()]
+async def page_params(
+    page_number: Annotated[int, Query(ge=0)] = 0,
+    page_size: Annotated[int, Query(ge=1, le=100)] = 10,
+) -> PageParams:
+    return PageParams(page_number, page_size)
+
+
+Page = Annotated[PageParams, Depends(page_params)]
 
 
 def newest_first(items: Sequence[Any]) -> list[Any]:

@@ -37,16 +37,15 @@ def _validate_cart(emu: Emu, body: CheckoutCreate) -> None:
         attached = {m["credit_entitlement_id"]: m for m in product["credit_entitlements"]}
         for credit in item.credit_entitlements or []:
             if credit.credit_entitlement_id not in attached:
-                raise bad_request(
-                    f"credit entitlement {credit.credit_entitlement_id} is not attached to product {product['product_id']}"
-                )
+                raise bad_request(f"credit entitlement {credit.credit_entitlement_id} is not attached "
+                                  f"to product {product['product_id']}")
             amount = parse_decimal(credit.credits_amount, "credits_amount")
             check_amount_precision(emu.state.credit_entitlements[credit.credit_entitlement_id], amount,
                                    "credits_amount")
 
 
 @router.post("/checkouts")
-def create_checkout(body: CheckoutCreate, emu: Emu) -> Obj:
+async def create_checkout(body: CheckoutCreate, emu: Emu) -> Obj:
     _validate_cart(emu, body)
     customer_id: str | None = None
     if body.customer is not None:
@@ -88,7 +87,7 @@ def create_checkout(body: CheckoutCreate, emu: Emu) -> Obj:
 
 
 @router.get("/checkouts/{session_id}")
-def retrieve_checkout(session_id: str, emu: Emu) -> Obj:
+async def retrieve_checkout(session_id: str, emu: Emu) -> Obj:
     session = get_session(emu, session_id)
     customer = emu.state.customers.get(session["customer_id"] or "")
     return {

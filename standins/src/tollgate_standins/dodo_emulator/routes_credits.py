@@ -25,7 +25,8 @@ from .credits import (
 from .decimals import parse_decimal
 from .deps import Emu, Page, newest_first, require_auth
 from .errors import ApiError, bad_request, unprocessable
-from .schemas import CreditEntitlementCreate, CreditEntitlementUpdate, LedgerEntryIn
+from .ids import new_id
+from .schemas import CreditEntitlementCreate, CreditEntitlementUpdate, LedgerEntryIn, Metadata
 from .state import Obj
 from .timeutil import now_iso, parse_dt
 
@@ -50,7 +51,7 @@ def _check_consistency(ce: Obj) -> None:
 
 
 @router.post("/credit-entitlements", status_code=201)
-def create_entitlement(body: CreditEntitlementCreate, emu: Emu) -> Obj:
+async def create_entitlement(body: CreditEntitlementCreate, emu: Emu) -> Obj:
     now = now_iso()
     ce: Obj = body.model_dump()
     ce.update(
@@ -67,12 +68,12 @@ def create_entitlement(body: CreditEntitlementCreate, emu: Emu) -> Obj:
 
 
 @router.get("/credit-entitlements/{ce_id}")
-def retrieve_entitlement(ce_id: str, emu: Emu) -> Obj:
+async def retrieve_entitlement(ce_id: str, emu: Emu) -> Obj:
     return render.credit_entitlement(get_entitlement(emu, ce_id))
 
 
 @router.patch("/credit-entitlements/{ce_id}")
-def update_entitlement(ce_id: str, body: CreditEntitlementUpdate, emu: Emu) -> Response:
+async def update_entitlement(ce_id: str, body: CreditEntitlementUpdate, emu: Emu) -> Response:
     ce = get_entitlement(emu, ce_id)
     updated = dict(ce)
     for field in body.model_fields_set:
@@ -86,20 +87,20 @@ def update_entitlement(ce_id: str, body: CreditEntitlementUpdate, emu: Emu) -> R
 
 
 @router.get("/credit-entitlements")
-def list_entitlements(emu: Emu, page: Page, deleted: bool = False) -> Obj:
+async def list_entitlements(emu: Emu, page: Page, deleted: bool = False) -> Obj:
     items = [c for c in newest_first(list(emu.state.credit_entitlements.values())) if bool(c["_deleted"]) == deleted]
     return {"items": [render.credit_entitlement(c) for c in page.slice(items)]}
 
 
 @router.delete("/credit-entitlements/{ce_id}")
-def delete_entitlement(ce_id: str, emu: Emu) -> Response:
+async def delete_entitlement(ce_id: str, emu: Emu) -> Response:
     ce = get_entitlement(emu, ce_id)
     ce.update(_deleted=True, updated_at=now_iso())
     return Response(status_code=200)
 
 
 @router.post("/credit-entitlements/{ce_id}/undelete")
-def undelete_entitlement(ce_id: str, emu: Emu) -> Response:
+async def undelete_entitlement(ce_id: str, emu: Emu) -> Response:
     ce = emu.state.credit_entitlements.get(ce_id)
     if ce is None or not ce["_deleted"]:
         # Dodo's own docstring says this case answers 500; reproduce it faithfully.
@@ -110,7 +111,7 @@ def undelete_entitlement(ce_id: str, emu: Emu) -> Response:
 
 
 @router.get("/credit-entitlements/{ce_id}/balances")
-def list_balances(ce_id: str, emu: Emu, page: Page, customer_id: str | None = None) -> Obj:
+async def list_balances(ce_id: str, emu: Emu, page: Page, customer_id: str | None = None) -> Obj:
     get_entitlement(emu, ce_id)
     items = [
         b for b in newest_first(list(emu.state.balances.values()))
@@ -120,13 +121,13 @@ def list_balances(ce_id: str, emu: Emu, page: Page, customer_id: str | None = No
 
 
 @router.get("/credit-entitlements/{ce_id}/balances/{customer_id}")
-def retrieve_balance(ce_id: str, customer_id: str, emu: Emu) -> Obj:
+async def retrieve_balance(ce_id: str, customer_id: str, emu: Emu) -> Obj:
     get_entitlement(emu, ce_id)
     get_customer(emu, customer_id)
     return render_balance(emu, ensure_balance(emu, ce_id, customer_id))
 
 
-def _check_ledger_metadata(metadata: dict[str, object] | None) -> None:
+def _check_ledger_metadata(metadata: Metadata | None) -> None:
     metadata = metadata or {}
     if len(metadata) > MAX_LEDGER_METADATA_KEYS:
         raise ApiError(400, "MAXIMUM_KEYS_REACHED", f"metadata has more than {MAX_LEDGER_METADATA_KEYS} keys")
@@ -138,7 +139,7 @@ def _check_ledger_metadata(metadata: dict[str, object] | None) -> None:
 
 
 @router.post("/credit-entitlements/{ce_id}/balances/{customer_id}/ledger-entries", status_code=201)
-def create_ledger_entry(ce_id: str, customer_id: str, body: LedgerEntryIn, emu: Emu) -> Obj:
+async def create_ledger_entry(ce_id: str, customer_id: str, body: LedgerEntryIn, emu: Emu) -> Obj:
     ce = get_entitlement(emu, ce_id)
     get_customer(emu, customer_id)
     amount = parse_decimal(body.amount, "amount")
@@ -172,7 +173,7 @@ def create_ledger_entry(ce_id: str, customer_id: str, body: LedgerEntryIn, emu: 
 
 
 @router.get("/credit-entitlements/{ce_id}/balances/{customer_id}/grants")
-def list_grants(
+async def list_grants(
     ce_id: str,
     customer_id: str,
     emu: Emu,
@@ -190,7 +191,7 @@ def list_grants(
 
 
 @router.get("/credit-entitlements/{ce_id}/balances/{customer_id}/ledger")
-def list_ledger(
+async def list_ledger(
     ce_id: str,
     customer_id: str,
     emu: Emu,

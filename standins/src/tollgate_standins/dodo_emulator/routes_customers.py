@@ -46,7 +46,7 @@ def create_customer(emu: Emu, email: str, name: str, **extra: object) -> Obj:
 
 
 @router.post("/customers")
-def create(body: CustomerCreate, emu: Emu) -> Obj:
+async def create(body: CustomerCreate, emu: Emu) -> Obj:
     customer = create_customer(
         emu, body.email, body.name, metadata=body.metadata, phone_number=body.phone_number,
         preferred_locale=body.preferred_locale,
@@ -55,12 +55,12 @@ def create(body: CustomerCreate, emu: Emu) -> Obj:
 
 
 @router.get("/customers/{customer_id}")
-def retrieve(customer_id: str, emu: Emu) -> Obj:
+async def retrieve(customer_id: str, emu: Emu) -> Obj:
     return render.customer(get_customer(emu, customer_id))
 
 
 @router.patch("/customers/{customer_id}")
-def update(customer_id: str, body: CustomerUpdate, emu: Emu) -> Obj:
+async def update(customer_id: str, body: CustomerUpdate, emu: Emu) -> Obj:
     customer = get_customer(emu, customer_id)
     for field in body.model_fields_set:
         value = getattr(body, field)
@@ -71,7 +71,7 @@ def update(customer_id: str, body: CustomerUpdate, emu: Emu) -> Obj:
 
 
 @router.get("/customers")
-def list_customers(
+async def list_customers(
     emu: Emu,
     page: Page,
     email: str | None = None,
@@ -95,7 +95,7 @@ def list_customers(
 
 
 @router.get("/customers/{customer_id}/credit-entitlements")
-def list_credit_entitlements(customer_id: str, emu: Emu) -> Obj:
+async def list_credit_entitlements(customer_id: str, emu: Emu) -> Obj:
     get_customer(emu, customer_id)
     items = []
     for balance in emu.state.balances.values():

@@ -46,7 +46,7 @@ def _validate_event(emu: Emu, event: EventIn, now: datetime) -> datetime:
 
 
 @router.post("/events/ingest")
-def ingest(body: IngestIn, emu: Emu) -> Obj:
+async def ingest(body: IngestIn, emu: Emu) -> Obj:
     if not 1 <= len(body.events) <= MAX_EVENTS:
         raise bad_request(f"a request carries 1 to {MAX_EVENTS} events, got {len(body.events)}")
     repeated = [event_id for event_id, n in Counter(e.event_id for e in body.events).items() if n > 1]
@@ -77,7 +77,7 @@ def ingest(body: IngestIn, emu: Emu) -> Obj:
 
 
 @router.get("/events/{event_id}")
-def retrieve_event(event_id: str, emu: Emu) -> Obj:
+async def retrieve_event(event_id: str, emu: Emu) -> Obj:
     event = emu.state.events.get(event_id)
     if event is None:
         raise not_found("event", event_id)
@@ -85,7 +85,7 @@ def retrieve_event(event_id: str, emu: Emu) -> Obj:
 
 
 @router.get("/events")
-def list_events(
+async def list_events(
     emu: Emu,
     page: Page,
     customer_id: str | None = None,

@@ -25,7 +25,7 @@ def get_meter(emu: Emu, meter_id: str) -> Obj:
 
 
 @router.post("/meters")
-def create_meter(body: MeterCreate, emu: Emu) -> Obj:
+async def create_meter(body: MeterCreate, emu: Emu) -> Obj:
     if body.aggregation.type != "count" and not body.aggregation.key:
         raise unprocessable(f"aggregation.key is required for {body.aggregation.type} meters")
     meter_filter = body.filter.model_dump(mode="json") if body.filter else None
@@ -50,12 +50,12 @@ def create_meter(body: MeterCreate, emu: Emu) -> Obj:
 
 
 @router.get("/meters/{meter_id}")
-def retrieve_meter(meter_id: str, emu: Emu) -> Obj:
+async def retrieve_meter(meter_id: str, emu: Emu) -> Obj:
     return public(get_meter(emu, meter_id))
 
 
 @router.patch("/meters/{meter_id}")
-def update_meter(meter_id: str, body: MeterUpdate, emu: Emu) -> Obj:
+async def update_meter(meter_id: str, body: MeterUpdate, emu: Emu) -> Obj:
     meter = get_meter(emu, meter_id)
     for field in body.model_fields_set:
         value = getattr(body, field)
@@ -67,18 +67,18 @@ def update_meter(meter_id: str, body: MeterUpdate, emu: Emu) -> Obj:
 
 
 @router.get("/meters")
-def list_meters(emu: Emu, page: Page, archived: bool = False) -> Obj:
+async def list_meters(emu: Emu, page: Page, archived: bool = False) -> Obj:
     items = [m for m in newest_first(list(emu.state.meters.values())) if bool(m["_archived"]) == archived]
     return {"items": [public(m) for m in page.slice(items)]}
 
 
 @router.delete("/meters/{meter_id}")
-def archive_meter(meter_id: str, emu: Emu) -> Response:
+async def archive_meter(meter_id: str, emu: Emu) -> Response:
     get_meter(emu, meter_id)["_archived"] = True
     return Response(status_code=200)
 
 
 @router.post("/meters/{meter_id}/unarchive")
-def unarchive_meter(meter_id: str, emu: Emu) -> Response:
+async def unarchive_meter(meter_id: str, emu: Emu) -> Response:
     get_meter(emu, meter_id)["_archived"] = False
     return Response(status_code=200)

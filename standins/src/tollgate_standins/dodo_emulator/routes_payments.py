@@ -23,12 +23,12 @@ def _in_range(created_at: str, gte: datetime | None, lte: datetime | None) -> bo
 
 
 @router.get("/payments/{payment_id}")
-def retrieve_payment(payment_id: str, emu: Emu) -> Obj:
+async def retrieve_payment(payment_id: str, emu: Emu) -> Obj:
     return render.payment(emu, get_payment(emu, payment_id))
 
 
 @router.get("/payments")
-def list_payments(
+async def list_payments(
     emu: Emu,
     page: Page,
     customer_id: str | None = None,
@@ -61,12 +61,12 @@ def list_payments(
 
 
 @router.post("/refunds")
-def create(body: RefundCreate, emu: Emu) -> Obj:
+async def create(body: RefundCreate, emu: Emu) -> Obj:
     return render.refund(emu, create_refund(emu, body))
 
 
 @router.get("/refunds/{refund_id}")
-def retrieve_refund(refund_id: str, emu: Emu) -> Obj:
+async def retrieve_refund(refund_id: str, emu: Emu) -> Obj:
     refund = emu.state.refunds.get(refund_id)
     if refund is None:
         raise not_found("refund", refund_id)
@@ -74,7 +74,7 @@ def retrieve_refund(refund_id: str, emu: Emu) -> Obj:
 
 
 @router.get("/refunds")
-def list_refunds(
+async def list_refunds(
     emu: Emu,
     page: Page,
     customer_id: str | None = None,
@@ -99,7 +99,7 @@ def list_refunds(
 
 
 @router.get("/disputes/{dispute_id}")
-def retrieve_dispute(dispute_id: str, emu: Emu) -> Obj:
+async def retrieve_dispute(dispute_id: str, emu: Emu) -> Obj:
     dispute = emu.state.disputes.get(dispute_id)
     if dispute is None:
         raise not_found("dispute", dispute_id)
@@ -107,7 +107,7 @@ def retrieve_dispute(dispute_id: str, emu: Emu) -> Obj:
 
 
 @router.get("/disputes")
-def list_disputes(
+async def list_disputes(
     emu: Emu, page: Page, customer_id: str | None = None, dispute_status: str | None = None
 ) -> Obj:
     items = [

@@ -24,7 +24,7 @@ from .schemas import (
     RecurringPriceIn,
     UsageBasedPriceIn,
 )
-from .state import Obj
+from .state import Obj, public
 from .timeutil import now_iso
 
 router = APIRouter(dependencies=[Depends(require_auth)], tags=["products"])
@@ -114,7 +114,7 @@ def _check_addons(emu: Emu, addon_ids: list[str] | None) -> list[str] | None:
 
 
 @router.post("/products")
-def create_product(body: ProductCreate, emu: Emu) -> Obj:
+async def create_product(body: ProductCreate, emu: Emu) -> Obj:
     now = now_iso()
     product: Obj = {
         "product_id": new_id("pdt"),
@@ -147,12 +147,12 @@ def create_product(body: ProductCreate, emu: Emu) -> Obj:
 
 
 @router.get("/products/{product_id}")
-def retrieve_product(product_id: str, emu: Emu) -> Obj:
+async def retrieve_product(product_id: str, emu: Emu) -> Obj:
     return render.product(emu, get_product(emu, product_id))
 
 
 @router.patch("/products/{product_id}")
-def update_product(product_id: str, body: ProductUpdate, emu: Emu) -> Response:
+async def update_product(product_id: str, body: ProductUpdate, emu: Emu) -> Response:
     product = get_product(emu, product_id)
     changes: dict[str, Any] = {}
     for field in body.model_fields_set:
@@ -177,7 +177,7 @@ def update_product(product_id: str, body: ProductUpdate, emu: Emu) -> Response:
 
 
 @router.get("/products")
-def list_products(
+async def list_products(
     emu: Emu, page: Page, archived: bool = False, recurring: bool | None = None, brand_id: str | None = None
 ) -> Obj:
     items = [
@@ -190,13 +190,13 @@ def list_products(
 
 
 @router.delete("/products/{product_id}")
-def archive_product(product_id: str, emu: Emu) -> Response:
+async def archive_product(product_id: str, emu: Emu) -> Response:
     get_product(emu, product_id)["_archived"] = True
     return Response(status_code=200)
 
 
 @router.post("/products/{product_id}/unarchive")
-def unarchive_product(product_id: str, emu: Emu) -> Response:
+async def unarchive_product(product_id: str, emu: Emu) -> Response:
     get_product(emu, product_id)["_archived"] = False
     register_links(emu)
     return Response(status_code=200)
@@ -205,7 +205,7 @@ def unarchive_product(product_id: str, emu: Emu) -> Response:
 # -- add-ons ----------------------------------------------------------------------------------
 
 @router.post("/addons")
-def create_addon(body: AddonCreate, emu: Emu) -> Obj:
+async def create_addon(body: AddonCreate, emu: Emu) -> Obj:
     now = now_iso()
     addon: Obj = {
         "id": new_id("adn"),
@@ -221,16 +221,16 @@ def create_addon(body: AddonCreate, emu: Emu) -> Obj:
         "_archived": False,
     }
     emu.state.addons[addon["id"]] = addon
-    return render.public(addon)
+    return public(addon)
 
 
 @router.get("/addons/{addon_id}")
-def retrieve_addon(addon_id: str, emu: Emu) -> Obj:
-    return render.public(get_addon(emu, addon_id))
+async def retrieve_addon(addon_id: str, emu: Emu) -> Obj:
+    return public(get_addon(emu, addon_id))
 
 
 @router.patch("/addons/{addon_id}")
-def update_addon(addon_id: str, body: AddonUpdate, emu: Emu) -> Obj:
+async def update_addon(addon_id: str, body: AddonUpdate, emu: Emu) -> Obj:
     addon = get_addon(emu, addon_id)
     for field in body.model_fields_set:
         value = getattr(body, field)
@@ -238,22 +238,22 @@ def update_addon(addon_id: str, body: AddonUpdate, emu: Emu) -> Obj:
             continue
         addon[field] = value
     addon["updated_at"] = now_iso()
-    return render.public(addon)
+    return public(addon)
 
 
 @router.get("/addons")
-def list_addons(emu: Emu, page: Page, archived: bool = False) -> Obj:
+async def list_addons(emu: Emu, page: Page, archived: bool = False) -> Obj:
     items = [a for a in newest_first(list(emu.state.addons.values())) if bool(a["_archived"]) == archived]
-    return {"items": [render.public(a) for a in page.slice(items)]}
+    return {"items": [public(a) for a in page.slice(items)]}
 
 
 @router.delete("/addons/{addon_id}")
-def archive_addon(addon_id: str, emu: Emu) -> Response:
+async def archive_addon(addon_id: str, emu: Emu) -> Response:
     get_addon(emu, addon_id)["_archived"] = True
     return Response(status_code=200)
 
 
 @router.post("/addons/{addon_id}/unarchive")
-def unarchive_addon(addon_id: str, emu: Emu) -> Response:
+async def unarchive_addon(addon_id: str, emu: Emu) -> Response:
     get_addon(emu, addon_id)["_archived"] = False
     return Response(status_code=200)

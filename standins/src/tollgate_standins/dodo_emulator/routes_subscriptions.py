@@ -22,12 +22,12 @@ _PLAIN_FIELDS = ("metadata", "tax_id", "customer_business_name", "cancellation_c
 
 
 @router.get("/subscriptions/{subscription_id}")
-def retrieve(subscription_id: str, emu: Emu) -> Obj:
+async def retrieve(subscription_id: str, emu: Emu) -> Obj:
     return render.subscription(emu, get_subscription(emu, subscription_id))
 
 
 @router.get("/subscriptions")
-def list_subscriptions(
+async def list_subscriptions(
     emu: Emu,
     page: Page,
     customer_id: str | None = None,
@@ -77,7 +77,7 @@ def _update_status(emu: Emu, sub: Obj, body: SubscriptionUpdate) -> None:
 
 
 @router.patch("/subscriptions/{subscription_id}")
-def update(subscription_id: str, body: SubscriptionUpdate, emu: Emu) -> Obj:
+async def update(subscription_id: str, body: SubscriptionUpdate, emu: Emu) -> Obj:
     sub = get_subscription(emu, subscription_id)
     fields = body.model_fields_set
     if "pause" in fields:
@@ -126,17 +126,17 @@ def update(subscription_id: str, body: SubscriptionUpdate, emu: Emu) -> Obj:
 
 
 @router.post("/subscriptions/{subscription_id}/change-plan")
-def change_subscription_plan(subscription_id: str, body: ChangePlanIn, emu: Emu) -> Obj:
+async def change_subscription_plan(subscription_id: str, body: ChangePlanIn, emu: Emu) -> Obj:
     return change_plan(emu, get_subscription(emu, subscription_id), body)
 
 
 @router.post("/subscriptions/{subscription_id}/charge")
-def charge(subscription_id: str, body: ChargeIn, emu: Emu) -> Obj:
+async def charge(subscription_id: str, body: ChargeIn, emu: Emu) -> Obj:
     return charge_on_demand(emu, get_subscription(emu, subscription_id), body)
 
 
 @router.get("/subscriptions/{subscription_id}/credit-usage")
-def credit_usage(subscription_id: str, emu: Emu) -> Obj:
+async def credit_usage(subscription_id: str, emu: Emu) -> Obj:
     sub = get_subscription(emu, subscription_id)
     product = emu.state.products[sub["product_id"]]
     items = []

@@ -13,6 +13,7 @@ TimeInterval = Literal["Day", "Week", "Month", "Year"]
 OverageBehavior = Literal["forgive_at_reset", "invoice_at_billing", "carry_deficit", "carry_deficit_auto_repay"]
 MetadataValue = str | bool | int | float
 Metadata = dict[str, MetadataValue]
+SubscriptionStatus = Literal["pending", "active", "on_hold", "paused", "cancelled", "failed", "expired", "past_due"]
 NonEmpty = Annotated[str, StringConstraints(min_length=1)]
 
 WEBHOOK_EVENT_TYPES = (
@@ -285,7 +286,7 @@ class SubscriptionUpdate(Body):
     metadata: Metadata | None = None
     next_billing_date: datetime | None = None
     pause: bool | None = None
-    status: Literal["pending", "active", "on_hold", "paused", "cancelled", "failed", "expired", "past_due"] | None = None
+    status: SubscriptionStatus | None = None
     subscription_period_count: int | None = None
     subscription_period_interval: TimeInterval | None = None
     tax_id: str | None = None

@@ -9,7 +9,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # A fixed dev secret so that local services can be configured once and keep verifying webhooks
 # across emulator restarts. base64("tollgate-dodo-emulator-dev-secret").
-DEV_WEBHOOK_SECRET = "whsec_dG9sbGdhdGUtZG9kby1lbXVsYXRvci1kZXYtc2VjcmV0"
+DEV_WEBHOOK_SECRET = "whsec_dG9sbGdhdGUtZG9kby1lbXVsYXRvci1kZXYtc2VjcmV0"  # noqa: S105 - public dev value
 
 
 class EmulatorSettings(BaseSettings):
@@ -17,7 +17,8 @@ class EmulatorSettings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8091
-    public_url: str = "http://127.0.0.1:8091"
+    # Where browsers reach the emulator (used in checkout_url); defaults to http://{host}:{port}.
+    public_url: str | None = None
     state_file: Path | None = None
     deduct_interval_s: float = Field(default=2.0, gt=0)
     webhook_retry_factor: float = Field(default=0.001, ge=0)
@@ -30,4 +31,7 @@ class EmulatorSettings(BaseSettings):
 
     @property
     def base_url(self) -> str:
-        return self.public_url.rstrip("/")
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://{host}:{self.port}"

@@ -218,7 +218,7 @@ class WebhookDispatcher:
                 pass
 
     async def _drain(self, endpoint_id: str) -> None:
-        queue = self._queues[endpoint_id]
+        queue = self._queues.setdefault(endpoint_id, deque())
         try:
             while queue:
                 delivery_id = queue.popleft()
@@ -261,7 +261,7 @@ class WebhookDispatcher:
         ok = False
         for copy in range(copies):
             status_code, error = await self._send(endpoint, message["id"], body)
-            if state.deliveries.get(delivery_id) is not delivery:
+            if self.emu.state.deliveries.get(delivery_id) is not delivery:
                 return  # reset while the request was in flight
             delivery["attempts"].append(
                 {"at": now_iso(), "status_code": status_code, "error": error, "duplicate": copy > 0}
