@@ -168,9 +168,14 @@ class TierChanged(Event):
     tpm: int
     pinned: bool = False
     cause: str  # the payment/refund/dispute id or "operator"
+    # The customer's limits version (Redis `limits_v`): orders changes, and keeps two operator
+    # changes to the same tier (pin, unpin, pin again) from looking like one duplicate.
+    version: int | None = None
 
     @property
     def msg_id(self) -> str:
+        if self.version is not None:
+            return f"tier:{self.customer_id}:v{self.version}"
         return f"tier:{self.customer_id}:{self.cause}:{self.new_tier}"
 
 

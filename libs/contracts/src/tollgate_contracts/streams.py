@@ -80,7 +80,13 @@ class ConsumerSpec:
         )
 
 
-METERING_USAGE = ConsumerSpec(USAGE, "metering-usage", f"{subjects.USAGE_RECORDED}.>", ack_wait_s=60.0)
+# metering: a replica heartbeats (in_progress) any message it holds longer than ack_wait/3, so
+# ack_wait only decides how soon a crashed replica's batch is redelivered. max_deliver is a
+# backstop above the ~55 min a usage event stays ingestible: with naks capped at 60 s the age rule
+# dead-letters first, and the last delivery is dead-lettered, never silently dropped.
+METERING_USAGE = ConsumerSpec(
+    USAGE, "metering-usage", f"{subjects.USAGE_RECORDED}.>", ack_wait_s=15.0, max_deliver=100
+)
 LEDGER_USAGE = ConsumerSpec(USAGE, "ledger-usage", f"{subjects.USAGE_RECORDED}.>")
 TIER_BILLING = ConsumerSpec(BILLING, "tier-billing", "billing.>")
 NOTIFIER_BILLING = ConsumerSpec(BILLING, "notifier-billing", "billing.>")

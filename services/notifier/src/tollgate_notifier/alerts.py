@@ -197,7 +197,7 @@ def tier_changed(ev: TierChanged) -> NewAlert:
         "lifetime_spend_nanos": ev.lifetime_spend_nanos,
         "cause": ev.cause,
     }
-    return NewAlert(TIER, f"{TIER}:{ev.customer_id}:{ev.cause}:{ev.new_tier}", context, ev.customer_id)
+    return NewAlert(TIER, f"{TIER}:{ev.msg_id}", context, ev.customer_id)
 
 
 def receipt(ev: PaymentSucceeded) -> NewAlert:
