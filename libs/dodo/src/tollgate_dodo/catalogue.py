@@ -35,6 +35,16 @@ class Catalogue(BaseModel):
     meters: dict[str, str] = Field(default_factory=dict)  # event name -> meter id
     usage_product_id: str | None = None
     webhook_endpoint_id: str | None = None
+    # Written by bootstrap alongside the ids; older files without them still load.
+    webhook_url: str | None = None
+    credit_precision: int | None = None  # decimal places of the credit entitlement
+    team_included_seats: int = 1  # seats in the Team base price; each seat add-on unit is one more
+    price_book_version: str | None = None
+    reference_model: str | None = None
+    reference_input_per_m: int | None = None  # nanos per 1M tokens the credit-linked pair is priced at
+    reference_output_per_m: int | None = None
+    units_per_credit: dict[str, str] = Field(default_factory=dict)  # credit-linked event name -> decimal
+    usage_products: dict[str, str] = Field(default_factory=dict)  # key ("credits" or "model:<m>") -> id
 
     def pack(self, product_id: str) -> Pack | None:
         return next((p for p in self.packs if p.product_id == product_id), None)

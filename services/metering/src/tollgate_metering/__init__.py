@@ -1,0 +1,1 @@
+"""Metering: delivers every `usage.recorded` event to Dodo exactly once in effect."""
