@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from importlib import resources
-from typing import Literal
+from typing import Any, Literal, Protocol
 
 import redis.asyncio as redis
 
@@ -75,14 +75,21 @@ def _s(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+class ScriptHost(Protocol):
+    """Anything that runs Lua scripts like redis-py's `register_script` (e.g. a pipelining client)."""
+
+    def register_script(self, script: str) -> Any: ...
+
+
 class HotState:
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, scripts: ScriptHost | None = None) -> None:
         self.redis = client
-        self._admit = client.register_script(_script("admit"))
-        self._settle = client.register_script(_script("settle"))
-        self._mirror = client.register_script(_script("mirror"))
-        self._load = client.register_script(_script("load"))
-        self._set_fields = client.register_script(_script("set_fields"))
+        host: ScriptHost = scripts if scripts is not None else client
+        self._admit = host.register_script(_script("admit"))
+        self._settle = host.register_script(_script("settle"))
+        self._mirror = host.register_script(_script("mirror"))
+        self._load = host.register_script(_script("load"))
+        self._set_fields = host.register_script(_script("set_fields"))
 
     async def admit(self, customer_id: str, req: AdmitRequest) -> AdmitResult:
         k = CustomerKeys(customer_id)
@@ -134,7 +141,8 @@ class HotState:
         args: list[str | int] = []
         for name, value in fields.items():
             args += [name, value]
-        return bool(await self._load(keys=[CustomerKeys(customer_id).acct], args=args))
+        k = CustomerKeys(customer_id)
+        return bool(await self._load(keys=[k.acct, k.unposted], args=args))
 
     async def set_fields(self, customer_id: str, version_field: str, version: int, fields: dict[str, str | int]) -> bool:
         args: list[str | int] = [version, version_field]

@@ -6,7 +6,15 @@
 -- Returns {applied (0/1), available}
 local acct, unposted, unposted_ev = KEYS[1], KEYS[2], KEYS[3]
 local f = redis.call("HMGET", acct, "loaded", "seq", "unposted", "reserved", "bal")
-if not f[1] then return {0, 0} end
+if not f[1] then
+  -- Not loaded (e.g. Redis was flushed): a request settled since then may sit in the unposted
+  -- set without a loaded total; drop what is now posted so a later load does not count it.
+  for i = 3, #ARGV do
+    redis.call("HDEL", unposted, ARGV[i])
+    redis.call("HDEL", unposted_ev, ARGV[i])
+  end
+  return {0, 0}
+end
 local applied = 0
 local bal = tonumber(f[5] or "0")
 if tonumber(ARGV[2]) > tonumber(f[2] or "-1") then

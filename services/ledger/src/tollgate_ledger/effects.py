@@ -1,0 +1,47 @@
+"""What a committed transaction still has to do outside Postgres: mirror balances into Redis,
+push a status change to the hot copy, wake the outbox relay, reconcile. Collected while the
+transaction runs and carried out only after it commits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class Mirror:
+    balance: int
+    seq: int
+    posted: set[str] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class Effects:
+    mirrors: dict[str, Mirror] = field(default_factory=dict)
+    statuses: dict[str, tuple[int, str]] = field(default_factory=dict)  # customer -> (version, status)
+    reconcile: set[str] = field(default_factory=set)
+    keys: set[str] = field(default_factory=set)  # customers whose cached key hashes must be rewritten
+    outbox: bool = False
+    dodo_sync: bool = False
+
+    def mirror(self, customer_id: str, balance: int, seq: int, posted: list[str] | None = None) -> None:
+        current = self.mirrors.get(customer_id)
+        if current is None:
+            current = self.mirrors[customer_id] = Mirror(balance, seq)
+        elif seq > current.seq:
+            current.balance, current.seq = balance, seq
+        current.posted.update(posted or ())
+
+    def status(self, customer_id: str, version: int, status: str) -> None:
+        current = self.statuses.get(customer_id)
+        if current is None or version > current[0]:
+            self.statuses[customer_id] = (version, status)
+
+    def merge(self, other: Effects) -> None:
+        for cid, m in other.mirrors.items():
+            self.mirror(cid, m.balance, m.seq, sorted(m.posted))
+        for cid, (version, status) in other.statuses.items():
+            self.status(cid, version, status)
+        self.reconcile |= other.reconcile
+        self.keys |= other.keys
+        self.outbox = self.outbox or other.outbox
+        self.dodo_sync = self.dodo_sync or other.dodo_sync
