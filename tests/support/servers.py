@@ -209,7 +209,8 @@ async def wait_http(url: str, proc: ManagedProcess | None = None, timeout: float
     async with httpx.AsyncClient() as client:
         while time.monotonic() < deadline:
             if proc and proc.proc and proc.proc.poll() is not None:
-                raise RuntimeError(f"{proc.argv} exited with {proc.proc.returncode}; see {proc.log}")
+                tail = proc.log.read_text(errors="replace")[-3000:] if proc.log and proc.log.exists() else ""
+                raise RuntimeError(f"{proc.argv} exited with {proc.proc.returncode}:\n{tail}")
             with contextlib.suppress(httpx.HTTPError):
                 if (await client.get(url, timeout=1.0)).status_code == 200:
                     return

@@ -8,12 +8,14 @@ import asyncio
 import json
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import asyncpg
 import httpx
 
+from support.balancer import TcpBalancer
 from support.servers import REPO, Infra, ManagedProcess, free_port, wait_http
 
 SERVICES = ("ledger", "tier", "metering", "notifier", "gateway")
@@ -37,6 +39,7 @@ class System:
     env: dict[str, str] = field(default_factory=dict)
     replicas: dict[str, list[Replica]] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
+    balancers: dict[str, TcpBalancer] = field(default_factory=dict)
 
     # -- wiring ---------------------------------------------------------------------------
     def url(self, name: str, index: int = 0) -> str:
@@ -77,54 +80,103 @@ class System:
     async def start_standins(self) -> None:
         for name in ("mock-upstream", "dodo-emulator", "smtp-sink", "smtp-sink-http", "slack-sink"):
             self.ports.setdefault(name, free_port())
-        specs = {
-            "mock-upstream": (["-m", "tollgate_standins.mock_upstream", "--port", str(self.ports["mock-upstream"])],
-                              "/v1/models"),
-            "dodo-emulator": (["-m", "tollgate_standins.dodo_emulator", "--port", str(self.ports["dodo-emulator"])],
-                              "/_emulator/stats"),
+        # Readiness on /healthz: the mock upstream's /v1 routes need the upstream key.
+        specs: dict[str, tuple[list[str], dict[str, str]]] = {
+            "mock-upstream": (
+                ["-m", "tollgate_standins.mock_upstream", "--port", str(self.ports["mock-upstream"])], {}
+            ),
+            # The emulator takes its port from the environment only (it has no CLI flags).
+            "dodo-emulator": (["-m", "tollgate_standins.dodo_emulator"],
+                              {"DODO_EMULATOR_PORT": str(self.ports["dodo-emulator"]),
+                               "DODO_EMULATOR_LOG_LEVEL": "warning"}),
             "smtp-sink": (["-m", "tollgate_standins.smtp_sink", "--smtp-port", str(self.ports["smtp-sink"]),
-                           "--http-port", str(self.ports["smtp-sink-http"])], "/messages"),
-            "slack-sink": (["-m", "tollgate_standins.slack_sink", "--port", str(self.ports["slack-sink"])],
-                           "/messages"),
+                           "--http-port", str(self.ports["smtp-sink-http"])], {}),
+            "slack-sink": (["-m", "tollgate_standins.slack_sink", "--port", str(self.ports["slack-sink"])], {}),
         }
-        for name, (argv, ready) in specs.items():
+        procs = []
+        for name, (argv, env) in specs.items():
             port = self.ports["smtp-sink-http"] if name == "smtp-sink" else self.ports[name]
-            proc = self._process(name, argv, port)
+            proc = self._process(name, argv, port, env)
             proc.start(wait=False)
             self.replicas[name] = [Replica(name, proc)]
-            await wait_http(f"http://127.0.0.1:{port}{ready or '/messages'}", proc)
+            procs.append(proc)
+        await asyncio.gather(*(wait_http(f"http://127.0.0.1:{p.port}/healthz", p) for p in procs))
 
     def bootstrap_dodo(self) -> dict[str, Any]:
         out = subprocess.run(
-            [sys.executable, "-m", "tollgate_cli.main", "dodo", "bootstrap", "--json",
-             "--webhook-url", f"http://127.0.0.1:{self.ports['ledger-lb']}/webhooks/dodo"],
+            # tollgate_cli.main has no `__main__` guard, so `python -m tollgate_cli.main` is a no-op.
+            [sys.executable, "-c", "from tollgate_cli.main import app; app()", "dodo", "bootstrap", "--json",
+             "--ledger-url", f"http://127.0.0.1:{self.ports['ledger-lb']}"],
             cwd=REPO, env={**self.base_env()}, capture_output=True, text=True, check=False,
         )
         if out.returncode != 0:
             raise RuntimeError(f"bootstrap failed: {out.stdout}\n{out.stderr}")
         return json.loads(out.stdout)  # type: ignore[no-any-return]
 
-    async def start_service(self, name: str, *, replicas: int = 1, env: Mapping[str, str] | None = None) -> None:
+    async def prepare_database(self) -> None:
+        """Work around yoyo's internal-schema upgrade: with one migration table per service in one
+        database, the second service to migrate finds `_yoyo_version` but not its own table and
+        tries to create yoyo's shared tables again (DuplicateTable). Creating the per-service tables
+        up front (the shape yoyo itself gives them) lets every service migrate in any order."""
+        conn = await asyncpg.connect(self.infra.database_url)
+        try:
+            await conn.execute("SELECT pg_advisory_lock(4242)")
+            for name in SERVICES:
+                await conn.execute(
+                    f"CREATE TABLE IF NOT EXISTS _yoyo_migration_{name} (migration_hash VARCHAR(64) NOT NULL "
+                    "PRIMARY KEY, migration_id VARCHAR(255), applied_at_utc TIMESTAMP)"
+                )
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS _yoyo_version (version INT NOT NULL PRIMARY KEY, "
+                "installed_at_utc TIMESTAMP)"
+            )
+            await conn.execute(
+                "INSERT INTO _yoyo_version VALUES (2, now()) ON CONFLICT DO NOTHING"
+            )
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS _yoyo_log (id VARCHAR(36) NOT NULL PRIMARY KEY, migration_hash "
+                "VARCHAR(64), migration_id VARCHAR(255), operation VARCHAR(10), username VARCHAR(255), "
+                "hostname VARCHAR(255), comment VARCHAR(255), created_at_utc TIMESTAMP)"
+            )
+        finally:
+            await conn.close()
+
+    async def start_service(
+        self, name: str, *, replicas: int = 1, env: Mapping[str, str] | None = None,
+        replica_env: Sequence[Mapping[str, str]] = (),
+    ) -> None:
+        """`replica_env[i]` is added to replica i's environment (e.g. one gateway behind a fault proxy)."""
         procs = []
-        for _ in range(replicas):
+        for i in range(replicas):
             port = free_port()
-            if name == "ledger" and "ledger-lb" not in self.ports:
-                port = self.ports.setdefault("ledger-lb", port)
-            proc = self._process(name, ["-m", f"tollgate_{name}", "serve", "--port", str(port)], port, env)
+            extra = {**(env or {}), **(replica_env[i] if i < len(replica_env) else {})}
+            proc = self._process(name, ["-m", f"tollgate_{name}", "serve", "--port", str(port)], port, extra)
             proc.start(wait=False)
             procs.append(Replica(name, proc))
         self.replicas.setdefault(name, []).extend(procs)
         await asyncio.gather(*(wait_http(f"{r.url}/readyz", r.process, timeout=60) for r in procs))
 
-    async def start_all(self, replicas: Mapping[str, int] | None = None) -> None:
+    async def start_all(
+        self, replicas: Mapping[str, int] | None = None,
+        replica_env: Mapping[str, Sequence[Mapping[str, str]]] | None = None,
+    ) -> None:
+        await self.prepare_database()
         await self.start_standins()
         self.ports.setdefault("ledger-lb", free_port())
-        await self.start_service("ledger", replicas=(replicas or {}).get("ledger", 1))
+        await self.start_service("ledger", replicas=(replicas or {}).get("ledger", 1),
+                                 replica_env=(replica_env or {}).get("ledger", ()))
+        # The stable ledger address (Dodo's webhook target, the admin API) balances over its replicas.
+        balancer = TcpBalancer(self.ports["ledger-lb"], lambda: [r.process.port for r in self.replicas["ledger"]])
+        await balancer.start()
+        self.balancers["ledger"] = balancer
         self.bootstrap_dodo()
         for name in ("tier", "metering", "notifier", "gateway"):
-            await self.start_service(name, replicas=(replicas or {}).get(name, 1))
+            await self.start_service(name, replicas=(replicas or {}).get(name, 1),
+                                     replica_env=(replica_env or {}).get(name, ()))
 
     def stop_all(self) -> None:
+        for balancer in self.balancers.values():
+            balancer.close()
         for procs in self.replicas.values():
             for replica in procs:
                 replica.process.stop()
@@ -136,10 +188,12 @@ class System:
         else:
             replica.process.stop()
         replica.process.start(wait=False)
-        await wait_http(f"{replica.url}/readyz" if name in SERVICES else replica.url, replica.process, timeout=60)
+        await wait_http(f"{replica.url}/readyz" if name in SERVICES else f"{replica.url}/healthz", replica.process,
+                        timeout=60)
 
     # -- talking to it ------------------------------------------------------------------------
     def admin(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(
-            base_url=self.url("ledger"), headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30
+            base_url=f"http://127.0.0.1:{self.ports['ledger-lb']}",
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30,
         )

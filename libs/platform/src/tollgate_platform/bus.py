@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import nats
+import nats.errors
 from faststream.middlewares import AckPolicy
 from faststream.nats import NatsBroker
 from faststream.nats.opentelemetry import NatsTelemetryMiddleware
@@ -87,3 +88,28 @@ async def publish_raw(
     hdrs = dict(headers or {})
     hdrs["Nats-Msg-Id"] = msg_id
     return await js.publish(subject, payload, timeout=timeout, headers=hdrs)
+
+
+def harden_pull_subscribers(broker: NatsBroker) -> None:
+    """Call once after `broker.start()`. nats-py's fetch can end a short pull with a plain
+    asyncio.TimeoutError, while FastStream's pull loop only expects nats.errors.TimeoutError: the
+    loop task then dies with the messages it had fetched, and they wait out ack_wait before
+    redelivery. Re-raise it as the error FastStream handles."""
+    for subscriber in broker.subscribers:
+        pull = getattr(subscriber, "subscription", None)
+        if pull is None or getattr(pull, "_tollgate_hardened", False):
+            continue
+        original = pull.fetch
+
+        async def fetch(
+            batch: int = 1, timeout: float | None = 5, heartbeat: float | None = None, *, _original: Any = original
+        ) -> list[Any]:
+            try:
+                return list(await _original(batch=batch, timeout=timeout, heartbeat=heartbeat))
+            except nats.errors.TimeoutError:
+                raise
+            except TimeoutError as exc:
+                raise nats.errors.TimeoutError from exc
+
+        pull.fetch = fetch
+        pull._tollgate_hardened = True

@@ -21,16 +21,25 @@ async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asy
 
 
 def migrate(dsn: str, migrations_dir: Path, service: str) -> int:
-    """Apply pending migrations of one service (each keeps its own yoyo history table). Sync:
-    run it before the event loop starts or in a thread. Returns the number applied."""
+    """Apply pending migrations of one service. yoyo's own tables live in the service's schema, so
+    services never share migration history; a global advisory lock serialises every migration
+    run (replicas starting together, several services on one fresh database). Sync: run it
+    before the event loop starts or in a thread. Returns the number applied."""
+    import psycopg
     from yoyo import get_backend, read_migrations
 
-    backend = get_backend(_yoyo_dsn(dsn), migration_table=f"_yoyo_migration_{service}")
-    migrations = read_migrations(str(migrations_dir))
-    with backend.lock():
-        pending = backend.to_apply(migrations)
-        backend.apply_migrations(pending)
-    return len(pending)
+    with psycopg.connect(dsn, autocommit=True) as guard:
+        guard.execute("SELECT pg_advisory_lock(hashtext('tollgate-migrations'))")
+        try:
+            guard.execute(f'CREATE SCHEMA IF NOT EXISTS "{service}"')
+            backend = get_backend(f"{_yoyo_dsn(dsn)}{'&' if '?' in dsn else '?'}schema={service}")
+            migrations = read_migrations(str(migrations_dir))
+            with backend.lock():
+                pending = backend.to_apply(migrations)
+                backend.apply_migrations(pending)
+            return len(pending)
+        finally:
+            guard.execute("SELECT pg_advisory_unlock(hashtext('tollgate-migrations'))")
 
 
 async def migrate_async(dsn: str, migrations_dir: Path, service: str) -> int:

@@ -35,8 +35,10 @@ class ServiceSettings(BaseSettings):
     admin_token: SecretStr = Field(SecretStr("dev-admin-token"), validation_alias=_env("TOLLGATE_ADMIN_TOKEN"))
 
     dodo_api_key: SecretStr = Field(SecretStr("dodo-dev-key"), validation_alias=_env("DODO_PAYMENTS_API_KEY"))
+    # The Dodo emulator's public dev secret; production sets the endpoint's real one.
     dodo_webhook_key: SecretStr = Field(
-        SecretStr("whsec_dG9sbGdhdGUtZG9kby1lbXVsYXRvci1kZXYtc2VjcmV0"), validation_alias=_env("DODO_PAYMENTS_WEBHOOK_KEY")
+        SecretStr("whsec_dG9sbGdhdGUtZG9kby1lbXVsYXRvci1kZXYtc2VjcmV0"),
+        validation_alias=_env("DODO_PAYMENTS_WEBHOOK_KEY"),
     )
     dodo_base_url: str | None = Field("http://127.0.0.1:8091", validation_alias=_env("DODO_PAYMENTS_BASE_URL"))
     dodo_environment: str | None = Field(None, validation_alias=_env("DODO_PAYMENTS_ENVIRONMENT"))

@@ -64,9 +64,9 @@ def create_app(settings: LedgerSettings, *, tracer_provider: TracerProvider | No
                 reconciler.start()
             if settings.consume_usage:
                 broker = bus.create_broker(settings.nats_url, SERVICE, provider_box.get("provider"))
-                subscriber = consumer.register(broker, ledger)
+                consumer.register(broker, ledger)
                 await broker.start()
-                consumer.normalize_fetch_timeouts(subscriber)
+                bus.harden_pull_subscribers(broker)
             yield
         finally:
             # Stop taking work first (the broker waits for the batch in hand), then let the

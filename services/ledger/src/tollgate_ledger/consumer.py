@@ -8,7 +8,6 @@ import base64
 from typing import Annotated, Any
 
 import asyncpg
-import nats.errors
 from faststream import Context
 from faststream.exceptions import NackMessage
 from faststream.message import StreamMessage
@@ -40,7 +39,6 @@ async def _raw_bodies(msg: StreamMessage[list[Msg]]) -> list[bytes]:
 
 
 def register(broker: NatsBroker, ledger: Ledger) -> Any:
-    """Returns the subscriber; call `normalize_fetch_timeouts` on it once the broker started."""
     spec = streams.LEDGER_USAGE
 
     @broker.subscriber(
@@ -56,28 +54,6 @@ def register(broker: NatsBroker, ledger: Ledger) -> Any:
         await handle_batch(ledger, message.raw_message)
 
     return on_usage
-
-
-def normalize_fetch_timeouts(subscriber: Any) -> None:
-    """nats-py's fetch can end a short pull with a plain asyncio.TimeoutError, while FastStream's
-    batch loop only expects nats.errors.TimeoutError: the loop task then dies with the batch it had
-    collected, and those messages wait out ack_wait (30 s) before redelivery. Re-raise it as the
-    error FastStream handles."""
-    pull = getattr(subscriber, "subscription", None)
-    if pull is None or getattr(pull, "_tollgate_normalized", False):
-        return
-    original = pull.fetch
-
-    async def fetch(batch: int = 1, timeout: float | None = 5, heartbeat: float | None = None) -> list[Msg]:
-        try:
-            return list(await original(batch=batch, timeout=timeout, heartbeat=heartbeat))
-        except nats.errors.TimeoutError:
-            raise
-        except TimeoutError as exc:
-            raise nats.errors.TimeoutError from exc
-
-    pull.fetch = fetch
-    pull._tollgate_normalized = True
 
 
 async def handle_batch(ledger: Ledger, raw: list[Msg]) -> None:

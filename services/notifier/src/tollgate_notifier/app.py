@@ -20,6 +20,7 @@ from tollgate_notifier import admin
 from tollgate_notifier.consumers import Handler, build_broker
 from tollgate_notifier.settings import NotifierSettings
 from tollgate_notifier.worker import DeliveryWorker
+from tollgate_platform import bus
 from tollgate_platform.db import create_pool, migrate_async
 from tollgate_platform.ops_http import ReadinessCheck
 from tollgate_platform.service import build_app
@@ -59,6 +60,7 @@ def create_app(settings: NotifierSettings, *, tracer_provider: TracerProvider | 
         worker.start()
         try:
             await broker.start()
+            bus.harden_pull_subscribers(broker)
             log.info("notifier started")
             yield
         finally:

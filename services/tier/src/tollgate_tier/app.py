@@ -82,6 +82,7 @@ def create_app(settings: TierSettings, *, tracer_provider: TracerProvider | None
             deps.apply, deps.js = engine.apply_spend, js
             rt.engine = engine
             await broker.start()
+            bus.harden_pull_subscribers(broker)
             stack.push_async_callback(broker.stop)  # first to run: waits for in-flight handlers
             yield
         rt.engine = None
