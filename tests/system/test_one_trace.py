@@ -56,7 +56,9 @@ async def test_one_trace_spans_gateway_nats_metering_and_dodo(
         "customer_id": "cus_trace", "key_id": "key_trace", "status": "active", "models": "",
         "dodo_customer_id": dodo.customers[0],
     })
-    await HotState(redis).load("cus_trace", {"bal": 10**9, "seq": 1, "rpm": 0, "tpm": 0, "plan": "", "status": "active"})
+    await HotState(redis).load(
+        "cus_trace", {"bal": 10**9, "seq": 1, "rpm": 0, "tpm": 0, "plan": "", "status": "active"}
+    )
 
     async with (
         AppServer(create_mock_upstream(MockUpstreamSettings())) as upstream,
