@@ -6,78 +6,24 @@ reaching zero, and the next call refused with 402 `insufficient_quota`."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import openai
 import pytest
-from dodopayments import AsyncDodoPayments
 
-from ledger.support import WEBHOOK_SECRET, balance_of, settings_for
-from support.servers import AppServer, Infra, eventually, free_port
-from tollgate_dodo.bootstrap import BootstrapSettings, bootstrap
-from tollgate_dodo.catalogue import Catalogue
-from tollgate_gateway.app import create_app as create_gateway
-from tollgate_gateway.settings import GatewaySettings
-from tollgate_ledger.app import create_app as create_ledger
-from tollgate_money import PriceBook, TokenUsage
-from tollgate_platform.settings import REPO_ROOT
-from tollgate_standins.dodo_emulator import EmulatorSettings
-from tollgate_standins.dodo_emulator import create_app as create_emulator
-from tollgate_standins.mock_upstream import MockUpstreamSettings
-from tollgate_standins.mock_upstream import create_app as create_mock_upstream
-
-BOOK = PriceBook.load(REPO_ROOT / "config" / "pricing.toml")
-ADMIN = {"Authorization": "Bearer test-admin-token"}
-
-
-@dataclass
-class Stack:
-    ledger_url: str
-    gateway_url: str
-    emulator_url: str
-    database_url: str
-    catalogue: Catalogue
+from ledger.support import balance_of
+from support.servers import eventually
+from system.conftest import ADMIN, BOOK, Stack
+from tollgate_money import TokenUsage
 
 
 @pytest.fixture
-async def stack(provisioned: Infra, clean_bus: Infra, clean_redis: Infra, tmp_path: Path) -> AsyncIterator[Stack]:
-    ledger_port = free_port()
-    emulator = create_emulator(EmulatorSettings(
-        port=0, public_url="http://127.0.0.1", webhook_secret=WEBHOOK_SECRET, deduct_interval_s=3600.0,
-        log_level="warning",
-    ))
-    async with AppServer(emulator) as dodo, AppServer(create_mock_upstream(MockUpstreamSettings())) as upstream:
-        catalogue = tmp_path / "dodo-catalogue.json"
-        client = AsyncDodoPayments(bearer_token="dodo-test-key", base_url=dodo.url, max_retries=0)
-        try:
-            await bootstrap(client, BOOK, BootstrapSettings(
-                dodo_base_url=dodo.url, dodo_api_key="dodo-test-key", dodo_catalogue_file=catalogue,
-                ledger_public_url=f"http://127.0.0.1:{ledger_port}",
-            ))
-        finally:
-            await client.close()
-        ledger_settings = settings_for(
-            provisioned, catalogue, dodo_base_url=dodo.url, dodo_api_key="dodo-test-key",
-            admin_token="test-admin-token", consume_usage=True, usage_batch_timeout_s=0.02,
-        )
-        # Rate limits are not what this test is about: one roomy tier.
-        tiers = tmp_path / "tiers.toml"
-        tiers.write_text('preset = "roomy"\n[[presets.roomy]]\nname = "tier-1"\nmin_spend_usd = "0"\n'
-                         'rpm = 1000\ntpm = 10000000\n')
-        gateway_settings = GatewaySettings(
-            tiers_file=tiers,
-            nats_url=provisioned.nats_url, redis_url=provisioned.redis_url, database_url=provisioned.database_url,
-            upstream_base_url=upstream.url + "/v1", spool_dir=tmp_path / "spool", log_level="WARNING",
-        )
-        async with (
-            AppServer(create_ledger(ledger_settings), port=ledger_port) as ledger,
-            AppServer(create_gateway(gateway_settings)) as gateway,
-        ):
-            found = Catalogue.load(catalogue)
-            assert found is not None
-            yield Stack(ledger.url, gateway.url, dodo.url, provisioned.database_url, found)
+def tiers_file(tmp_path: Path) -> Path:
+    """Rate limits are not what this test is about: one roomy tier."""
+    path = tmp_path / "tiers.toml"
+    path.write_text('preset = "roomy"\n[[presets.roomy]]\nname = "tier-1"\nmin_spend_usd = "0"\nrpm = 1000\n'
+                    'tpm = 10000000\n')
+    return path
 
 
 async def test_buy_five_dollars_spend_it_exactly_then_402(stack: Stack) -> None:
