@@ -1,0 +1,236 @@
+"""The hot path's Redis connection: a minimal RESP2 client with automatic pipelining.
+
+Why: the admit and settle scripts are the gateway's only Redis traffic per request, and with
+redis-py each call cost ~100 us of Python (connection pool, encoders, a RESP3 parser written in
+Python) plus its own socket write. Here every command issued during one event-loop iteration
+goes out in a single write on one connection and the replies are matched in order, so under load
+many requests share one syscall, and a call costs a few microseconds of encoding and parsing.
+Redis executes commands one at a time anyway: one pipelined connection per worker is what it
+serves fastest. Everything else (auth lookups, reloads, 429 details) stays on redis-py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from redis.exceptions import ResponseError
+
+Reply = Any
+
+
+class RespError(ResponseError):
+    """An error reply from Redis (e.g. NOSCRIPT, or a script's own error)."""
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self, client: PipelinedRedis) -> None:
+        self.client = client
+        self.transport: asyncio.Transport | None = None
+        self.waiters: deque[asyncio.Future[Reply]] = deque()
+        self.buf = bytearray()
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        error = ConnectionError("redis connection lost")
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(error)
+        self.client._lost(self)
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        pos = 0
+        while self.waiters:
+            try:
+                value, pos = _parse(buf, pos)
+            except _Incomplete:
+                break
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                if isinstance(value, RespError):
+                    waiter.set_exception(value)
+                else:
+                    waiter.set_result(value)
+        if pos:
+            del buf[:pos]
+
+
+def _expire(waiter: asyncio.Future[Reply]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError("redis did not answer in time"))
+
+
+class _Incomplete(Exception):
+    pass
+
+
+def _line(buf: bytearray, pos: int) -> tuple[bytes, int]:
+    end = buf.find(b"\r\n", pos)
+    if end < 0:
+        raise _Incomplete
+    return bytes(buf[pos:end]), end + 2
+
+
+def _parse(buf: bytearray, pos: int) -> tuple[Reply, int]:
+    if pos >= len(buf):
+        raise _Incomplete
+    kind = buf[pos]
+    line, pos = _line(buf, pos + 1)
+    if kind == 0x3A:  # ':' integer
+        return int(line), pos
+    if kind == 0x24:  # '$' bulk string
+        size = int(line)
+        if size < 0:
+            return None, pos
+        if len(buf) < pos + size + 2:
+            raise _Incomplete
+        return bytes(buf[pos:pos + size]), pos + size + 2
+    if kind == 0x2A:  # '*' array
+        count = int(line)
+        if count < 0:
+            return None, pos
+        items = []
+        for _ in range(count):
+            item, pos = _parse(buf, pos)
+            items.append(item)
+        return items, pos
+    if kind == 0x2B:  # '+' simple string
+        return line, pos
+    if kind == 0x2D:  # '-' error
+        return RespError(line.decode(errors="replace")), pos
+    raise ConnectionError(f"unexpected RESP type byte {kind!r}")
+
+
+def _encode(args: Sequence[Any]) -> bytes:
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        kind = type(arg)
+        if kind is str:
+            data = arg.encode()
+        elif kind is int:
+            data = b"%d" % arg
+        elif kind is bytes:
+            data = arg
+        else:
+            data = str(arg).encode()
+        parts.append(b"$%d\r\n%b\r\n" % (len(data), data))
+    return b"".join(parts)
+
+
+class PipelinedRedis:
+    def __init__(self, url: str, connect_timeout_s: float = 5.0, command_timeout_s: float = 5.0) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("redis", ""):
+            raise ValueError("the pipelined hot-path client speaks plain redis:// (use a TLS proxy for rediss)")
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or 6379
+        self.db = int(parts.path.lstrip("/") or 0)
+        self.username = unquote(parts.username) if parts.username else None
+        self.password = unquote(parts.password) if parts.password else None
+        self.connect_timeout = connect_timeout_s
+        self.command_timeout = command_timeout_s
+        self._conn: _Protocol | None = None
+        self._connecting: asyncio.Future[_Protocol] | None = None
+        self._out: list[bytes] = []
+        self._flush_scheduled = False
+
+    async def _connection(self) -> _Protocol:
+        conn = self._conn
+        if conn is not None and not conn.closed:
+            return conn
+        if self._connecting is None:
+            self._connecting = asyncio.ensure_future(self._open())
+        try:
+            return await asyncio.shield(self._connecting)
+        finally:
+            if self._connecting is not None and self._connecting.done():
+                self._connecting = None
+
+    async def _open(self) -> _Protocol:
+        loop = asyncio.get_running_loop()
+        try:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(lambda: _Protocol(self), self.host, self.port), self.connect_timeout
+            )
+        except TimeoutError as exc:
+            raise ConnectionError("connecting to redis timed out") from exc
+        handshake: list[list[Any]] = []
+        if self.password is not None:
+            handshake.append(["AUTH", *( [self.username] if self.username else []), self.password])
+        if self.db:
+            handshake.append(["SELECT", self.db])
+        for command in handshake:
+            waiter = loop.create_future()
+            conn.waiters.append(waiter)
+            assert conn.transport is not None
+            conn.transport.write(_encode(command))
+            await waiter
+        self._out = []
+        self._conn = conn
+        return conn
+
+    def _lost(self, conn: _Protocol) -> None:
+        if self._conn is conn:
+            self._conn = None
+
+    async def execute(self, *args: Any) -> Reply:
+        conn = self._conn
+        if conn is None or conn.closed:
+            conn = await self._connection()
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[Reply] = loop.create_future()
+        conn.waiters.append(waiter)  # stays queued even if it times out: replies match by position
+        self._out.append(_encode(args))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush, conn)
+        timer = loop.call_later(self.command_timeout, _expire, waiter)
+        try:
+            return await waiter
+        finally:
+            timer.cancel()
+
+    def _flush(self, conn: _Protocol) -> None:
+        self._flush_scheduled = False
+        out, self._out = self._out, []
+        if conn.transport is not None and not conn.closed:
+            conn.transport.write(b"".join(out))
+
+    def register_script(self, script: str) -> Script:
+        return Script(self, script)
+
+    async def ping(self) -> None:
+        await self.execute("PING")
+
+    async def aclose(self) -> None:
+        if self._conn is not None and self._conn.transport is not None:
+            self._conn.transport.close()
+        self._conn = None
+
+
+class Script:
+    """EVALSHA with a fallback to EVAL when Redis does not have the script (yet, or any more)."""
+
+    def __init__(self, client: PipelinedRedis, source: str) -> None:
+        self.client = client
+        self.source = source
+        self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+
+    async def __call__(self, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> Reply:
+        try:
+            return await self.client.execute("EVALSHA", self.sha, len(keys), *keys, *args)
+        except RespError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+        return await self.client.execute("EVAL", self.source, len(keys), *keys, *args)

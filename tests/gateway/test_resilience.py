@@ -1,0 +1,68 @@
+"""Load the gateway cannot serve is shed at once (503 + Retry-After, never a queue that grows),
+and usage that was settled but never published - a crash between the two - is published later
+from what Redis still holds."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import openai
+from openai.types.chat import ChatCompletionMessageParam
+
+from support.servers import Infra, eventually
+from tollgate_contracts.events import UsageRecorded
+from tollgate_hotstate import HotState
+from tollgate_hotstate.keys import CustomerKeys
+
+from .conftest import GatewayFactory, Seeder, TapFactory, Upstream
+
+HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello"}]
+
+
+async def test_requests_beyond_max_inflight_are_shed_with_503(
+    gateway_factory: GatewayFactory, seed: Seeder, hot: HotState, upstream: Upstream, clean_bus: Infra,
+) -> None:
+    customer = await seed()
+    await upstream.configure(latency_ms=600)
+    async with gateway_factory(max_inflight=3) as gw:
+        client = gw.client(customer.key)
+
+        async def one() -> Any:
+            try:
+                return await client.chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+            except openai.APIStatusError as exc:
+                return exc
+
+        results = await asyncio.gather(*(one() for _ in range(10)))
+    shed = [r for r in results if isinstance(r, openai.APIStatusError)]
+    assert len(shed) == 7 and all(r.status_code == 503 and r.code == "server_is_overloaded" for r in shed)
+    assert all(r.response.headers["retry-after"] == "1" for r in shed)
+    # the three served were billed; the shed ones never reserved anything
+    await eventually(lambda: _unposted(hot, customer.id, 3))
+    assert (await hot.snapshot(customer.id))["reserved"] == "0"
+
+
+async def _unposted(hot: HotState, customer_id: str, count: int) -> bool:
+    return len(await hot.redis.hkeys(CustomerKeys(customer_id).unposted)) == count
+
+
+async def test_settled_usage_that_was_never_published_is_published_later(
+    gateway_factory: GatewayFactory, seed: Seeder, hot: HotState, usage_tap: TapFactory, clean_bus: Infra,
+    upstream: Upstream,
+) -> None:
+    customer = await seed()
+    tap = await usage_tap(customer.id)
+    # What a gateway leaves behind when it dies right after settling: the event only in Redis.
+    lost = UsageRecorded(
+        event_id="req_" + "d" * 32, customer_id=customer.id, key_id=customer.key_id, endpoint="/v1/chat/completions",
+        model="gpt-4o-mini", requested_model="gpt-4o-mini", input_tokens=10, output_tokens=5, cost_nanos=4_500,
+        list_price_nanos=4_500, price_book_version="test", started_at=datetime.now(UTC) - timedelta(seconds=5),
+        occurred_at=datetime.now(UTC) - timedelta(seconds=5),
+    )
+    keys = CustomerKeys(customer.id)
+    await hot.redis.hset(keys.unposted_ev, lost.event_id, lost.model_dump_json())
+    async with gateway_factory(republish_after_s=1, republish_interval_s=0.3):
+        [event] = await eventually(lambda: tap.events, timeout=10)
+    assert event["event_id"] == lost.event_id and event["cost_nanos"] == 4_500
