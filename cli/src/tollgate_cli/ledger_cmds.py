@@ -1,4 +1,4 @@
-"""`tollgate customers|keys|credits|ledger|drift`: the ledger's admin API from the command line
+"""`tollgate customers|keys|credits|ledger|drift|subscriptions|members`: the ledger's admin API from the command line
 (TOLLGATE_LEDGER_URL, default http://127.0.0.1:8081; token TOLLGATE_ADMIN_TOKEN). Every command
 prints JSON with --json."""
 
@@ -21,6 +21,9 @@ keys = typer.Typer(help="API keys: issue (shown once), list, revoke.", no_args_i
 credits = typer.Typer(help="Prepaid credits: checkout links, grants, adjustments, balance.", no_args_is_help=True)
 ledger = typer.Typer(help="The append-only ledger and the hot state.", no_args_is_help=True)
 drift = typer.Typer(help="Reconciliation with Dodo's credit balances.", no_args_is_help=True)
+subscriptions = typer.Typer(help="Plans: Plus/Team checkout, seats, cancellation, operator overrides.",
+                            no_args_is_help=True)
+members = typer.Typer(help="Team members and their keys (one paid seat each).", no_args_is_help=True)
 
 GROUPS: dict[str, typer.Typer] = {
     "customers": customers,
@@ -28,6 +31,8 @@ GROUPS: dict[str, typer.Typer] = {
     "credits": credits,
     "ledger": ledger,
     "drift": drift,
+    "subscriptions": subscriptions,
+    "members": members,
 }
 
 JSON = typer.Option(False, "--json", help="Print the API's JSON answer.")
@@ -308,3 +313,130 @@ def drift_check(customer_id: str, json_out: bool = JSON) -> None:
     """Reconcile one customer with Dodo now."""
     data = _request("POST", f"/customers/{customer_id}/reconcile", json_out)
     emit(data, json_out, _drift_line(data))
+
+
+# -- subscriptions -----------------------------------------------------------------------------
+
+def _plan_text(p: dict[str, Any]) -> str:
+    plan = p["plan"] or "none (credits only)"
+    lines = [f"plan           {plan}  ({p['status']}, source {p['source']}, version {p['plan_v']})"]
+    sub = p.get("subscription")
+    if sub:
+        lines.append(f"subscription   {sub['subscription_id']}  {sub['plan']} {sub['status']}"
+                     f"{'  cancels at period end' if sub['cancel_at_period_end'] else ''}")
+    if p["period_start"]:
+        lines.append(f"period         {p['period_start']} -> {p['period_end'] or '-'}")
+    if p["plan"] in ("team", "enterprise"):
+        lines.append(f"seats          {p['members']} of {p['seats']} taken")
+    if p["cap_nanos"] is not None:
+        reached = "  (soft cap reached: fallback models serve)" if p["softcap_reached"] else ""
+        lines.append(f"usage          {_usd(p['used_nanos'])} of {_usd(p['cap_nanos'])} this period{reached}")
+    if p["daily_cap_nanos"] is not None:
+        lines.append(f"free today     {_usd(p['daily_used_nanos'])} of {_usd(p['daily_cap_nanos'])}")
+    if p["models"]:
+        lines.append(f"models         {', '.join(p['models'])}")
+    if p["fallback"]:
+        lines.append("past the cap   " + ", ".join(f"{a} -> {b}" for a, b in p["fallback"].items()))
+    return "\n".join(lines)
+
+
+@subscriptions.command("checkout")
+def subscriptions_checkout(
+    customer_id: str, plan: str = typer.Option(..., help="plus or team."),
+    seats: int = typer.Option(1, min=1, max=1000, help="Team only: seats to buy."), json_out: bool = JSON,
+) -> None:
+    """A Dodo checkout link for Plus or Team."""
+    data = _request("POST", f"/customers/{customer_id}/subscriptions/checkout", json_out,
+                    {"plan": plan, "seats": seats})
+    emit(data, json_out, f"{data['checkout_url']}\n({data['plan']}, {data['seats']} seat(s), "
+                         f"${data['monthly_cents'] / 100:.2f}/month; session {data['session_id']})")
+
+
+@subscriptions.command("show")
+def subscriptions_show(customer_id: str, json_out: bool = JSON) -> None:
+    """The customer's plan, subscription, seats and usage this period."""
+    data = _request("GET", f"/customers/{customer_id}/subscription", json_out)
+    emit(data, json_out, _plan_text(data))
+
+
+@subscriptions.command("seats")
+def subscriptions_seats(customer_id: str, seats: int = typer.Argument(..., min=1), json_out: bool = JSON) -> None:
+    """Change a Team's paid seats (applies when Dodo confirms the plan change)."""
+    data = _request("POST", f"/customers/{customer_id}/subscription/seats", json_out, {"seats": seats})
+    emit(data, json_out, f"{data['subscription_id']}: {data['status']} ({data['seats']} -> {data['requested_seats']} "
+                         "seats; applied when Dodo's plan_changed webhook arrives)")
+
+
+@subscriptions.command("cancel")
+def subscriptions_cancel(
+    customer_id: str, now: bool = typer.Option(False, "--now", help="End the plan now, not at the period end."),
+    json_out: bool = JSON,
+) -> None:
+    """Cancel the subscription (by default at the end of the period)."""
+    data = _request("POST", f"/customers/{customer_id}/subscription/cancel", json_out, {"at_period_end": not now})
+    when = f"at the period end ({data['plan_ends_at']})" if data["at_period_end"] else "now"
+    emit(data, json_out, f"{data['subscription_id']}: cancellation requested, the plan ends {when}")
+
+
+@subscriptions.command("set-plan")
+def subscriptions_set_plan(
+    customer_id: str,
+    plan: str | None = typer.Option(None, help="enterprise, free, a price-book plan, or '' for credits only."),
+    seats: int | None = typer.Option(None, min=1, help="Seats (members) the override allows."),
+    clear: bool = typer.Option(False, "--clear", help="Remove the override: follow Dodo subscriptions again."),
+    json_out: bool = JSON,
+) -> None:
+    """Set an operator's plan override (e.g. an invoiced Enterprise contract)."""
+    if clear == (plan is not None):
+        _fail("give either --plan or --clear", json_out, code=2)
+    data = _request("PUT", f"/customers/{customer_id}/plan", json_out, {"plan": None if clear else plan,
+                                                                        "seats": seats})
+    emit(data, json_out, _plan_text(data))
+
+
+# -- members -----------------------------------------------------------------------------------
+
+def _member_line(m: dict[str, Any]) -> str:
+    keys_part = f"  {m['active_keys']} key(s)" if m.get("active_keys") is not None else ""
+    return f"{m['member_id']}  {m['email']}  {m['name'] or '-'}  {m['status']}{keys_part}"
+
+
+@members.command("add")
+def members_add(
+    customer_id: str, email: str = typer.Option(...), name: str = typer.Option(""), json_out: bool = JSON,
+) -> None:
+    """Add a member to a team (refused when every paid seat is taken)."""
+    data = _request("POST", f"/customers/{customer_id}/members", json_out, {"email": email, "name": name})
+    emit(data, json_out, _member_line(data))
+
+
+@members.command("list")
+def members_list(
+    customer_id: str, include_removed: bool = typer.Option(False, "--all", help="Also removed members."),
+    json_out: bool = JSON,
+) -> None:
+    """A team's members."""
+    data = _request("GET", f"/customers/{customer_id}/members", json_out,
+                    params={"include_removed": str(include_removed).lower()})
+    emit(data, json_out, "\n".join(_member_line(m) for m in data) or "(no members)")
+
+
+@members.command("remove")
+def members_remove(customer_id: str, member_id: str, json_out: bool = JSON) -> None:
+    """Remove a member: frees the seat and revokes their keys everywhere at once."""
+    data = _request("DELETE", f"/customers/{customer_id}/members/{member_id}", json_out)
+    emit(data, json_out, f"{data['member_id']} removed; revoked keys: {', '.join(data['revoked_key_ids']) or 'none'}")
+
+
+@members.command("key")
+def members_key(
+    customer_id: str, member_id: str, name: str = typer.Option("", help="A label for the key."),
+    model: Annotated[
+        list[str] | None, typer.Option("--model", help="Allow only this model (repeatable); default all.")
+    ] = None,
+    json_out: bool = JSON,
+) -> None:
+    """Issue a key to a member (their usage counts against the team's plan). Shown once."""
+    data = _request("POST", f"/customers/{customer_id}/members/{member_id}/keys", json_out,
+                    {"name": name, "models": model or None})
+    emit(data, json_out, f"{data['key']}\n(key {data['key_id']} for {member_id}; store it now, it is not shown again)")

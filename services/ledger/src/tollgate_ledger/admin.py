@@ -75,6 +75,7 @@ class KeyIn(BaseModel):
 class Key(_Out):
     key_id: str
     customer_id: str
+    member_id: str | None = Field(None, description="The team member the key was issued to, if any")
     prefix: str
     name: str
     status: str

@@ -13,8 +13,9 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from tollgate_dodo.client import create_client
 from tollgate_hotstate import HotState, create_redis
-from tollgate_ledger import MIGRATIONS_DIR, admin, consumer, errors, webhooks
+from tollgate_ledger import MIGRATIONS_DIR, admin, consumer, errors, plan_admin, plan_upkeep, webhooks
 from tollgate_ledger.catalogue import CatalogueSource
+from tollgate_ledger.console import create_router as console_router
 from tollgate_ledger.context import Ledger
 from tollgate_ledger.dodo_sync import DodoSyncWorker
 from tollgate_ledger.outbox import OutboxRelay
@@ -50,7 +51,9 @@ def create_app(settings: LedgerSettings, *, tracer_provider: TracerProvider | No
         app.state.ledger = ledger
         broker: NatsBroker | None = None
         reconciler = Reconciler(ledger)
+        sweeper = plan_upkeep.PlanSweeper(ledger)
         try:
+            await plan_upkeep.sync_from_book(ledger)
             if settings.run_outbox_relay:
                 ledger.relay = OutboxRelay(
                     pool, lambda: nc.jetstream(), batch_size=settings.outbox_batch_size,
@@ -62,6 +65,8 @@ def create_app(settings: LedgerSettings, *, tracer_provider: TracerProvider | No
                 ledger.dodo_worker.start()
             if settings.run_reconciler:
                 reconciler.start()
+            if settings.run_plan_sweeper:
+                sweeper.start()
             if settings.consume_usage:
                 broker = bus.create_broker(settings.nats_url, SERVICE, provider_box.get("provider"))
                 consumer.register(broker, ledger)
@@ -74,6 +79,7 @@ def create_app(settings: LedgerSettings, *, tracer_provider: TracerProvider | No
             if broker is not None:
                 await broker.stop()
             await reconciler.stop()
+            await sweeper.stop()
             if ledger.dodo_worker is not None:
                 await ledger.dodo_worker.stop()
             if ledger.relay is not None:
@@ -111,6 +117,8 @@ def create_app(settings: LedgerSettings, *, tracer_provider: TracerProvider | No
     errors.install(app)
     app.include_router(webhooks.router)
     app.include_router(admin.router)
+    app.include_router(console_router(settings))
+    app.include_router(plan_admin.router)
 
     @app.get("/checkout/return", include_in_schema=False)
     async def checkout_return() -> HTMLResponse:

@@ -1,5 +1,5 @@
 """What a committed transaction still has to do outside Postgres: mirror balances into Redis,
-push a status change to the hot copy, wake the outbox relay, reconcile. Collected while the
+push a status or plan change to the hot copy, wake the outbox relay, reconcile. Collected while the
 transaction runs and carried out only after it commits."""
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ class Mirror:
 class Effects:
     mirrors: dict[str, Mirror] = field(default_factory=dict)
     statuses: dict[str, tuple[int, str]] = field(default_factory=dict)  # customer -> (version, status)
+    # customer -> (plan_v, hot fields): the plan as the gateway's hot copy must see it
+    plans: dict[str, tuple[int, dict[str, str | int]]] = field(default_factory=dict)
     reconcile: set[str] = field(default_factory=set)
     keys: set[str] = field(default_factory=set)  # customers whose cached key hashes must be rewritten
     outbox: bool = False
@@ -36,11 +38,18 @@ class Effects:
         if current is None or version > current[0]:
             self.statuses[customer_id] = (version, status)
 
+    def plan(self, customer_id: str, version: int, fields: dict[str, str | int]) -> None:
+        current = self.plans.get(customer_id)
+        if current is None or version > current[0]:
+            self.plans[customer_id] = (version, fields)
+
     def merge(self, other: Effects) -> None:
         for cid, m in other.mirrors.items():
             self.mirror(cid, m.balance, m.seq, sorted(m.posted))
         for cid, (version, status) in other.statuses.items():
             self.status(cid, version, status)
+        for cid, (version, fields) in other.plans.items():
+            self.plan(cid, version, fields)
         self.reconcile |= other.reconcile
         self.keys |= other.keys
         self.outbox = self.outbox or other.outbox

@@ -18,6 +18,9 @@ from tollgate_ledger.effects import Effects
 _MIRROR_CONCURRENCY = 64
 
 STATUS_VERSION_FIELD = "status_v"
+PLAN_VERSION_FIELD = "plan_v"
+# The plan columns of ledger.hot_account, pushed whole by remirror and rebuild (as a load would).
+PLAN_COLUMNS = ("plan", "plan_models", "fallback", "cap", "pused", "free_models", "daily_cap", "dused", "dday")
 
 
 async def apply(hot: HotState, effects: Effects) -> set[str]:
@@ -38,22 +41,37 @@ async def apply(hot: HotState, effects: Effects) -> set[str]:
     for cid, (version, status) in effects.statuses.items():
         if not await hot.set_fields(cid, STATUS_VERSION_FIELD, version, {"status": status}):
             skipped.add(cid)
+    for cid, (version, fields) in effects.plans.items():
+        if not await hot.set_fields(cid, PLAN_VERSION_FIELD, version, fields):
+            skipped.add(cid)
     return skipped
 
 
-async def remirror(pool: asyncpg.Pool, hot: HotState, customer_ids: list[str]) -> None:
-    """Mirror Postgres' current balance and status again. A gateway that loaded the customer
-    between reading the view and writing Redis may have written a version older than one whose
-    mirror found nothing loaded; this second look, a moment later, repairs that."""
-    rows = await pool.fetch(
-        "SELECT customer_id, bal, seq, status, status_v FROM ledger.hot_account WHERE customer_id = ANY($1::text[])",
-        customer_ids,
-    )
+def _plan_fields(row: asyncpg.Record) -> dict[str, str | int]:
+    return {name: row[name] if isinstance(row[name], int) else str(row[name] or "") for name in PLAN_COLUMNS}
+
+
+_HOT_SELECT = (
+    "SELECT customer_id, bal, seq, status, status_v, plan_v, plan, plan_models, fallback, cap, pused, free_models, "
+    "daily_cap, dused, dday FROM ledger.hot_account "
+)
+
+
+def _effects_of(rows: list[asyncpg.Record]) -> Effects:
     effects = Effects()
     for row in rows:
         effects.mirror(row["customer_id"], row["bal"], row["seq"])
         effects.status(row["customer_id"], row["status_v"], row["status"])
-    await apply(hot, effects)
+        effects.plan(row["customer_id"], row["plan_v"], _plan_fields(row))
+    return effects
+
+
+async def remirror(pool: asyncpg.Pool, hot: HotState, customer_ids: list[str]) -> None:
+    """Mirror Postgres' current balance, status and plan again. A gateway that loaded the customer
+    between reading the view and writing Redis may have written a version older than one whose
+    mirror found nothing loaded; this second look, a moment later, repairs that."""
+    rows = await pool.fetch(_HOT_SELECT + "WHERE customer_id = ANY($1::text[])", customer_ids)
+    await apply(hot, _effects_of(rows))
 
 
 def key_fields(row: asyncpg.Record) -> dict[str | bytes, str | bytes]:
@@ -93,19 +111,11 @@ async def drop_key(hot: HotState, nc: NatsClient | None, key_hash: str) -> None:
 async def rebuild(
     pool: asyncpg.Pool, hot: HotState, nc: NatsClient | None, customer_id: str | None = None
 ) -> dict[str, int]:
-    """Re-mirror balances and statuses and rewrite key hashes from Postgres. Never changes a
+    """Re-mirror balances, statuses and plans and rewrite key hashes from Postgres. Never changes a
     balance: a mirror applies Postgres' own (balance, seq), and only if newer than Redis' copy;
     customers whose hot state is not loaded stay unloaded (the gateway loads them on demand)."""
-    accounts = await pool.fetch(
-        "SELECT customer_id, bal, seq, status, status_v FROM ledger.hot_account "
-        "WHERE $1::text IS NULL OR customer_id = $1",
-        customer_id,
-    )
-    effects = Effects()
-    for row in accounts:
-        effects.mirror(row["customer_id"], row["bal"], row["seq"])
-        effects.status(row["customer_id"], row["status_v"], row["status"])
-    await apply(hot, effects)
+    accounts = await pool.fetch(_HOT_SELECT + "WHERE $1::text IS NULL OR customer_id = $1", customer_id)
+    await apply(hot, _effects_of(accounts))
     keys = await pool.fetch(
         "SELECT key_hash, key_id, customer_id, dodo_customer_id, status, models FROM ledger.gateway_keys "
         "WHERE $1::text IS NULL OR customer_id = $1",

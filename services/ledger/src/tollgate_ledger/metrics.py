@@ -25,3 +25,7 @@ DRIFT_NANOS = Gauge(
 )
 DRIFTING_CUSTOMERS = Gauge("tollgate_ledger_drifting_customers", "Customers whose last check found drift")
 RECONCILE_RUNS = Counter("tollgate_ledger_reconcile_checks_total", "Per-customer reconciliation checks", ["status"])
+SOFTCAP_REACHED = Counter(
+    "tollgate_ledger_softcap_reached_total", "Billing periods whose usage crossed the plan's soft cap", ["plan"]
+)
+PLAN_CHANGES = Counter("tollgate_ledger_plan_changes_total", "Customer plan changes published", ["plan", "status"])

@@ -19,7 +19,7 @@ from tollgate_platform.logging import get_logger
 log = get_logger(__name__)
 
 CUSTOMER_COLUMNS = " customer_id, dodo_customer_id, email, name, created_at "
-KEY_COLUMNS = " key_id, customer_id, prefix, name, status, models, created_at, revoked_at, last_used_at "
+KEY_COLUMNS = " key_id, customer_id, member_id, prefix, name, status, models, created_at, revoked_at, last_used_at "
 ENTRY_COLUMNS = (
     " seq, kind, amount_nanos, balance_after, idempotency_key, reference, model, input_tokens, "
     "cached_input_tokens, output_tokens, reasoning_tokens, list_price_nanos, estimated, key_id, reason, "
@@ -116,15 +116,30 @@ class IssuedKey:
     row: dict[str, Any]
 
 
-async def issue_key(ledger: Ledger, customer_id: str, *, name: str, models: list[str] | None) -> IssuedKey:
+async def issue_key(
+    ledger: Ledger, customer_id: str, *, name: str, models: list[str] | None, member_id: str | None = None
+) -> IssuedKey:
+    """With member_id, a team member's key: it belongs to the team's customer (usage counts
+    against the team's plan) and is revoked with the member."""
     await get_customer(ledger, customer_id)
     plaintext = ids.new_api_key()
-    row = await ledger.pool.fetchrow(
-        "INSERT INTO ledger.api_keys (key_id, customer_id, key_hash, prefix, name, models) "
-        "VALUES ($1, $2, $3, $4, $5, $6) RETURNING" + KEY_COLUMNS,
-        ids.new_key_id(), customer_id, ids.hash_key(plaintext), ids.visible_prefix(plaintext), name,
-        ids.normalize_models(models),
-    )
+    async with ledger.pool.acquire() as conn, conn.transaction():
+        if member_id is not None:
+            # Shares the row lock a removal takes, so a key cannot slip in while its member goes.
+            active = await conn.fetchval(
+                "SELECT status = 'active' FROM ledger.members WHERE member_id = $1 AND customer_id = $2 FOR SHARE",
+                member_id, customer_id,
+            )
+            if active is None:
+                raise not_found("member", member_id)
+            if not active:
+                raise ApiError(409, f"member {member_id} was removed", "member_removed")
+        row = await conn.fetchrow(
+            "INSERT INTO ledger.api_keys (key_id, customer_id, key_hash, prefix, name, models, member_id) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING" + KEY_COLUMNS,
+            ids.new_key_id(), customer_id, ids.hash_key(plaintext), ids.visible_prefix(plaintext), name,
+            ids.normalize_models(models), member_id,
+        )
     gateway_row = await ledger.pool.fetchrow(
         "SELECT key_hash, key_id, customer_id, dodo_customer_id, status, models FROM ledger.gateway_keys "
         "WHERE key_id = $1", row["key_id"],
@@ -148,8 +163,8 @@ async def list_keys(ledger: Ledger, customer_id: str) -> list[dict[str, Any]]:
 async def revoke_key(ledger: Ledger, key_id: str) -> dict[str, Any]:
     row = await ledger.pool.fetchrow(
         "UPDATE ledger.api_keys SET status = 'revoked', revoked_at = COALESCE(revoked_at, now()) "
-        "WHERE key_id = $1 RETURNING key_hash, key_id, customer_id, prefix, name, status, models, created_at, "
-        "revoked_at, last_used_at",
+        "WHERE key_id = $1 RETURNING key_hash, key_id, customer_id, member_id, prefix, name, status, models, "
+        "created_at, revoked_at, last_used_at",
         key_id,
     )
     if row is None:

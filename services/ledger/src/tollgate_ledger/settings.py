@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
@@ -55,6 +57,15 @@ class LedgerSettings(ServiceSettings):
     # A mirror that found a customer's hot state unloaded is repeated after this delay (a
     # gateway may have been loading it from a snapshot older than the change).
     remirror_delay_s: float = Field(1.0, ge=0)
+
+    # Subscriptions: how often a cancellation scheduled for the period end is checked (Dodo's own
+    # cancelled/expired event normally ends the plan first), and how seat changes are billed.
+    run_plan_sweeper: bool = True
+    plan_sweep_interval_s: float = Field(60.0, gt=0)
+    seat_change_proration: Literal[
+        "prorated_immediately", "full_immediately", "difference_immediately", "do_not_bill",
+        "prorated_immediately_keep_cycle",
+    ] = "prorated_immediately_keep_cycle"
 
     # Defaults for loading a customer's hot state when the tier service has no limits yet.
     default_rpm: int = 0

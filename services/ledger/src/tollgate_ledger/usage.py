@@ -1,10 +1,11 @@
 """Posting usage from the gateway's `usage.recorded` events, a batch per transaction.
 
 Credits usage becomes a `usage` entry keyed `usage:<request id>`; subscription and free usage
-(and zero-cost requests) go to ledger.plan_usage without touching the balance. After commit the
-hot copy is mirrored once per customer with every request id of the batch, including those that
-were already posted: a redelivery after a crash between commit and ack must still clear them
-from the gateway's unposted set.
+(and zero-cost requests) go to ledger.plan_usage without touching the balance, and a period's
+subscription usage crossing the plan's soft cap publishes softcap.reached (once per period).
+After commit the hot copy is mirrored once per customer with every request id of the batch,
+including those that were already posted: a redelivery after a crash between commit and ack must
+still clear them from the gateway's unposted set.
 
 A balance may go negative here: the request already ran, and the gateway's reservation bounds
 how far (zero for settled costs within their hold); the ledger records what happened."""
@@ -17,7 +18,7 @@ from datetime import datetime
 import asyncpg
 
 from tollgate_contracts.events import UsageRecorded
-from tollgate_ledger import alerts, metrics
+from tollgate_ledger import alerts, metrics, softcap
 from tollgate_ledger.context import Ledger
 from tollgate_ledger.effects import Effects
 from tollgate_ledger.postings import SELECT_ACCOUNTS, Account, publish_balance
@@ -116,10 +117,11 @@ async def _post_in_transaction(
 
     if uncharged:
         inserted = await _insert_plan_usage(conn, uncharged)
-        result.uncharged = inserted
-        result.duplicates += len(uncharged) - inserted
+        result.uncharged = len(inserted)
+        result.duplicates += len(uncharged) - len(inserted)
         for event in uncharged:
             metrics.USAGE_POSTED.labels(event.billing_mode).inc()
+        await softcap.record(conn, effects, [e for e in uncharged if e.event_id in inserted])
 
     await _touch_keys(conn, charged + uncharged)
     return result
@@ -185,7 +187,7 @@ async def _insert_entries(
     )
 
 
-async def _insert_plan_usage(conn: asyncpg.Connection, events: list[UsageRecorded]) -> int:
+async def _insert_plan_usage(conn: asyncpg.Connection, events: list[UsageRecorded]) -> set[str]:
     rows = await conn.fetch(
         "INSERT INTO ledger.plan_usage (request_id, customer_id, billing_mode, plan, model, input_tokens, "
         "output_tokens, list_price_nanos, occurred_at) "
@@ -195,7 +197,7 @@ async def _insert_plan_usage(conn: asyncpg.Connection, events: list[UsageRecorde
         [e.plan for e in events], [e.model for e in events], [e.input_tokens for e in events],
         [e.output_tokens for e in events], [e.list_price_nanos for e in events], [e.occurred_at for e in events],
     )
-    return len(rows)
+    return {r["request_id"] for r in rows}
 
 
 async def _touch_keys(conn: asyncpg.Connection, events: list[UsageRecorded]) -> None:

@@ -4,8 +4,8 @@ store the raw event in the inbox keyed by webhook-id and apply it in the same tr
 Answers: 200 once stored (applied, replayed, parked, ignored); 401 for a bad or stale signature
 (nothing stored); 400 for a signed body that is not a JSON event (nothing stored); 413 above the
 size limit; 503 when the event cannot be applied correctly yet (nothing stored, Dodo retries).
-A replay re-mirrors the customer's balance, so a delivery retried after a Redis failure heals
-the hot copy."""
+A replay re-mirrors the customer's balance and plan, so a delivery retried after a Redis failure
+heals the hot copy."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import asyncio
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -20,7 +21,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from standardwebhooks import Webhook
 
-from tollgate_ledger import dodo_events, metrics, postings
+from tollgate_ledger import dodo_events, metrics, planstate, postings, subscriptions
 from tollgate_ledger.context import Ledger
 from tollgate_ledger.effects import Effects
 from tollgate_platform.logging import get_logger
@@ -67,12 +68,13 @@ async def receive(ledger: Ledger, headers: Mapping[str, str], body: bytes) -> Re
     raw = body.decode("utf-8")
     prefetched = await _prefetch_payment(ledger, event_type, data)
     env = dodo_events.Env(ledger.settings, ledger.catalogue)
+    event_at = dodo_events.parse_time(envelope.get("timestamp"))
 
     async def work(conn: asyncpg.Connection, effects: Effects) -> tuple[str, str | None]:
         inserted = await conn.fetchval(
             "INSERT INTO ledger.webhook_inbox (webhook_id, type, payload, event_timestamp, outcome) "
             "VALUES ($1, $2, $3, $4, 'received') ON CONFLICT (webhook_id) DO NOTHING RETURNING webhook_id",
-            webhook_id, event_type, raw, dodo_events.parse_time(envelope.get("timestamp")),
+            webhook_id, event_type, raw, event_at,
         )
         if inserted is None:
             customer_id = await conn.fetchval(
@@ -82,8 +84,9 @@ async def receive(ledger: Ledger, headers: Mapping[str, str], body: bytes) -> Re
                 account = await postings.read_account(conn, customer_id)
                 if account is not None:
                     effects.mirror(customer_id, account.balance, account.seq)
+                await planstate.repush(conn, effects, customer_id)
             return "duplicate", customer_id
-        outcome = await _apply_stored(env, conn, effects, webhook_id, event_type, data, prefetched)
+        outcome = await _apply_stored(env, conn, effects, webhook_id, event_type, data, prefetched, event_at)
         return outcome.outcome, outcome.customer_id
 
     try:
@@ -104,13 +107,19 @@ async def receive(ledger: Ledger, headers: Mapping[str, str], body: bytes) -> Re
 
 async def _apply_stored(
     env: dodo_events.Env, conn: asyncpg.Connection, effects: Effects, webhook_id: str, event_type: str,
-    data: dict[str, Any], prefetched: dict[str, dict[str, Any]],
+    data: dict[str, Any], prefetched: dict[str, dict[str, Any]], event_at: datetime,
 ) -> dodo_events.Outcome:
-    """Apply an event already in the inbox and record the outcome on its row."""
+    """Apply an event already in the inbox and record the outcome on its row. `event_at` is
+    Dodo's envelope timestamp (orders subscription states)."""
     applied = Effects()  # kept apart: a rolled-back savepoint must leave no effects behind
     try:
         async with conn.transaction():  # a savepoint: a malformed event still gets stored
-            outcome = await dodo_events.apply(env, conn, applied, event_type, data, prefetched)
+            if event_type.startswith("subscription."):
+                outcome = await subscriptions.apply_event(
+                    env, conn, applied, event_type, data, event_at=event_at, webhook_id=webhook_id
+                )
+            else:
+                outcome = await dodo_events.apply(env, conn, applied, event_type, data, prefetched)
         effects.merge(applied)
     except dodo_events.Malformed as exc:
         outcome = dodo_events.Outcome("rejected", detail=str(exc))
@@ -127,7 +136,9 @@ async def reapply(ledger: Ledger, webhook_id: str) -> dict[str, Any] | None:
     """Apply a stored event that was not applied (unmatched customer, parked, rejected) again,
     e.g. after the operator linked the customer. None when there is no such webhook."""
     row = await ledger.pool.fetchrow(
-        "SELECT type, payload, applied_at FROM ledger.webhook_inbox WHERE webhook_id = $1", webhook_id
+        "SELECT type, payload, applied_at, COALESCE(event_timestamp, received_at) AS event_at "
+        "FROM ledger.webhook_inbox WHERE webhook_id = $1",
+        webhook_id,
     )
     if row is None:
         return None
@@ -143,7 +154,7 @@ async def reapply(ledger: Ledger, webhook_id: str) -> dict[str, Any] | None:
         )
         if not locked:
             return dodo_events.Outcome("already_applied")
-        return await _apply_stored(env, conn, effects, webhook_id, row["type"], data, prefetched)
+        return await _apply_stored(env, conn, effects, webhook_id, row["type"], data, prefetched, row["event_at"])
 
     outcome, effects = await ledger.transaction(work)
     await ledger.after_commit(effects)
