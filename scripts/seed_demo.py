@@ -1,5 +1,10 @@
-"""Seed the demo customer `make up` prints: a customer, $5.00 of granted credits and an API key.
-Idempotent on the grant; prints one JSON line with the customer id and the plaintext key."""
+"""Seed the demo customer `make up` prints: a customer, $5.00 of granted credits, an API key and a
+month of synthetic usage history, so the console's charts show something on first start.
+
+Prints one JSON line: customer_id, api_key (plaintext) and console_url. Idempotent on the grant
+and on the history (it is deterministic per customer and day). The history is demo data kept
+apart from the ledger (`ledger.console_synthetic_usage`): it moves no money and is never sent to
+Dodo, so the $5.00 stays $5.00 and reconciliation stays clean."""
 
 from __future__ import annotations
 
@@ -23,7 +28,10 @@ def main() -> None:
         ).raise_for_status()
         key = api.post(f"/customers/{customer_id}/keys", json={"name": "demo"})
         key.raise_for_status()
-    print(json.dumps({"customer_id": customer_id, "api_key": key.json()["key"]}))
+        api.post(
+            f"/customers/{customer_id}/synthetic-usage", json={"days": 30, "requests_per_day": 40}
+        ).raise_for_status()
+    print(json.dumps({"customer_id": customer_id, "api_key": key.json()["key"], "console_url": f"{LEDGER}/console"}))
 
 
 if __name__ == "__main__":
