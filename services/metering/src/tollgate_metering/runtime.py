@@ -84,6 +84,7 @@ class Runtime:
             max_connections=settings.senders * 2 + 2,
         )
         self.tasks: list[asyncio.Task[None]] = []
+        self.stopping = False
         self._dodo_ok_at = -DODO_CHECK_TTL_S
 
     async def start(self) -> None:
@@ -95,9 +96,13 @@ class Runtime:
         ]
 
     async def stop(self) -> None:
+        # Python 3.11's wait_for (inside nats-py's requests) can swallow a cancellation, so the
+        # background loops also watch a flag and the wait for them is bounded.
+        self.stopping = True
         for task in self.tasks:
             task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.tasks:
+            await asyncio.wait(self.tasks, timeout=5)
         if self.consumer is not None:
             await self.consumer.stop()
         if self.nc is not None:
@@ -141,7 +146,7 @@ class Runtime:
         oldest unacknowledged message (the one right after the ack floor)."""
         assert self.js is not None
         spec = METERING_USAGE
-        while True:
+        while not self.stopping:
             await asyncio.sleep(self.settings.lag_poll_s)
             try:
                 info = await self.js.consumer_info(spec.stream.name, spec.durable)
