@@ -310,7 +310,7 @@ def up() -> None:
         wait_http(f"http://127.0.0.1:{port}{ready}", name)
         print(f"  {name} on {port}")
     run_step([PY, "-m", "tollgate_cli.main", "dodo", "bootstrap", "--json",
-              "--webhook-url", f"http://127.0.0.1:{SERVICES['ledger']}/webhooks/dodo"], "Dodo bootstrap")
+              "--ledger-url", f"http://127.0.0.1:{SERVICES['ledger']}"], "Dodo bootstrap")
     print("  Dodo emulator provisioned (catalogue in .run/dodo-catalogue.json)")
     print("services:")
     for svc, port in SERVICES.items():
