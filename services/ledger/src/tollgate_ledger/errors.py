@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -60,6 +61,16 @@ def install(app: FastAPI) -> None:
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
         message = f"{where}: {first.get('msg', 'invalid request')}" if where else str(first.get("msg", "invalid"))
         return JSONResponse(body(message, "invalid_request_error", "invalid_request"), status_code=422)
+
+    # Postgres text cannot hold U+0000 (or bytes invalid in the encoding): the statement failed
+    # and rolled back, so nothing changed; it is the caller's input, not our crash.
+    @app.exception_handler(asyncpg.UntranslatableCharacterError)
+    @app.exception_handler(asyncpg.CharacterNotInRepertoireError)
+    async def untranslatable(_: Request, exc: asyncpg.PostgresError) -> JSONResponse:
+        return JSONResponse(
+            body("text fields may not contain NUL or invalid characters", "invalid_request_error", "invalid_text"),
+            status_code=422,
+        )
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:
