@@ -35,7 +35,6 @@ test-e2e: sync ## Browser end-to-end tests of the web console (headless Chromium
 
 lint: sync ## ruff + mypy (strict)
 	$(UV) run ruff check .
-	$(UV) run ruff format --check . || true
 	$(UV) run mypy libs/*/src services/*/src standins/src cli/src
 
 fmt: sync ## Format and autofix

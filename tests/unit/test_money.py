@@ -16,7 +16,8 @@ def test_gpt4o_mini_prices_are_exact_per_token() -> None:
     # $0.15 and $0.60 per 1M tokens: 150 and 600 nano-dollars per token, no rounding anywhere.
     assert price.cost(TokenUsage(input_tokens=1_000_000)) == usd_to_nanos("0.15")
     assert price.cost(TokenUsage(input_tokens=1, output_tokens=1)) == 750
-    assert price.cost(TokenUsage(input_tokens=10, cached_input_tokens=4, output_tokens=20)) == 6 * 150 + 4 * 75 + 20 * 600
+    cached = TokenUsage(input_tokens=10, cached_input_tokens=4, output_tokens=20)
+    assert price.cost(cached) == 6 * 150 + 4 * 75 + 20 * 600
 
 
 def test_float_prices_are_refused() -> None:

@@ -144,7 +144,9 @@ class HotState:
         k = CustomerKeys(customer_id)
         return bool(await self._load(keys=[k.acct, k.unposted], args=args))
 
-    async def set_fields(self, customer_id: str, version_field: str, version: int, fields: dict[str, str | int]) -> bool:
+    async def set_fields(
+        self, customer_id: str, version_field: str, version: int, fields: dict[str, str | int]
+    ) -> bool:
         args: list[str | int] = [version, version_field]
         for name, value in fields.items():
             args += [name, value]

@@ -8,7 +8,9 @@ import asyncpg
 from tollgate_hotstate.hotstate import HotState
 
 
-async def load_customer(pool: asyncpg.Pool, hot: HotState, customer_id: str, default_rpm: int, default_tpm: int) -> bool:
+async def load_customer(
+    pool: asyncpg.Pool, hot: HotState, customer_id: str, default_rpm: int, default_tpm: int
+) -> bool:
     """Returns False when the customer does not exist in the ledger."""
     async with pool.acquire() as conn:
         account = await conn.fetchrow("SELECT * FROM ledger.hot_account WHERE customer_id = $1", customer_id)
