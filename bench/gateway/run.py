@@ -320,6 +320,7 @@ def main() -> None:
                     f"{cpu / max(1, via['sent']) * 1e6:.0f} µs |"
                 )
                 print(rows[-1], flush=True)
+        load_after = os.getloadavg()[0]
         time.sleep(2.0)  # let the publishers finish
         events = asyncio.run(usage_count(env["NATS_URL"]))
         spool_left = spooled_events(s["tmp"])
@@ -334,8 +335,9 @@ def main() -> None:
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     section = (
         f"{BEGIN}\n## Gateway (`make bench`, bench/gateway/run.py)\n\n"
-        f"Measured {stamp} on {machine()}; 1-minute load average before the run {load_before:.2f} "
-        f"(other work on the machine shows up in the tails). Everything on this one machine: load generator "
+        f"Measured {stamp} on {machine()}; 1-minute load average {load_before:.2f} before the run and "
+        f"{load_after:.2f} (including the benchmark itself) at its end - other work on the machine shows up in "
+        f"every number. Everything on this one machine: load generator "
         f"(own process, open loop at fixed rates measured from each request's scheduled time; closed loop "
         f"for saturation), mock upstream (1 process), gateway (uvicorn workers as listed), redis-server, "
         f"nats-server (JetStream, file storage). Billing fully on: every gateway request authenticated, "
@@ -346,7 +348,7 @@ def main() -> None:
         f"the same load (separate runs, so a tail difference can even come out negative). CPU per request: all "
         f"gateway processes.\n\n{summary}\n\n{table}\n{END}\n"
     )
-    print("\n" + table)
+    print("\n" + table + "\n\n" + summary)
     print(f"\nusage events in JetStream: {events:,} for {sent:,} gateway requests")
     if not args.no_write:
         write_doc(section)

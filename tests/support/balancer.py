@@ -52,6 +52,9 @@ class TcpBalancer:
                 await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
             finally:
                 up_writer.close()
+        except asyncio.CancelledError:
+            # start_server's done-callback would log a cancelled handler as an error.
+            writer.transport.abort()
         finally:
             writer.close()
             self._tasks.discard(task)

@@ -12,7 +12,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import asyncpg
 import httpx
 
 from support.balancer import TcpBalancer
@@ -113,34 +112,6 @@ class System:
             raise RuntimeError(f"bootstrap failed: {out.stdout}\n{out.stderr}")
         return json.loads(out.stdout)  # type: ignore[no-any-return]
 
-    async def prepare_database(self) -> None:
-        """Work around yoyo's internal-schema upgrade: with one migration table per service in one
-        database, the second service to migrate finds `_yoyo_version` but not its own table and
-        tries to create yoyo's shared tables again (DuplicateTable). Creating the per-service tables
-        up front (the shape yoyo itself gives them) lets every service migrate in any order."""
-        conn = await asyncpg.connect(self.infra.database_url)
-        try:
-            await conn.execute("SELECT pg_advisory_lock(4242)")
-            for name in SERVICES:
-                await conn.execute(
-                    f"CREATE TABLE IF NOT EXISTS _yoyo_migration_{name} (migration_hash VARCHAR(64) NOT NULL "
-                    "PRIMARY KEY, migration_id VARCHAR(255), applied_at_utc TIMESTAMP)"
-                )
-            await conn.execute(
-                "CREATE TABLE IF NOT EXISTS _yoyo_version (version INT NOT NULL PRIMARY KEY, "
-                "installed_at_utc TIMESTAMP)"
-            )
-            await conn.execute(
-                "INSERT INTO _yoyo_version VALUES (2, now()) ON CONFLICT DO NOTHING"
-            )
-            await conn.execute(
-                "CREATE TABLE IF NOT EXISTS _yoyo_log (id VARCHAR(36) NOT NULL PRIMARY KEY, migration_hash "
-                "VARCHAR(64), migration_id VARCHAR(255), operation VARCHAR(10), username VARCHAR(255), "
-                "hostname VARCHAR(255), comment VARCHAR(255), created_at_utc TIMESTAMP)"
-            )
-        finally:
-            await conn.close()
-
     async def start_service(
         self, name: str, *, replicas: int = 1, env: Mapping[str, str] | None = None,
         replica_env: Sequence[Mapping[str, str]] = (),
@@ -160,7 +131,6 @@ class System:
         self, replicas: Mapping[str, int] | None = None,
         replica_env: Mapping[str, Sequence[Mapping[str, str]]] | None = None,
     ) -> None:
-        await self.prepare_database()
         await self.start_standins()
         self.ports.setdefault("ledger-lb", free_port())
         await self.start_service("ledger", replicas=(replicas or {}).get("ledger", 1),
@@ -169,7 +139,7 @@ class System:
         balancer = TcpBalancer(self.ports["ledger-lb"], lambda: [r.process.port for r in self.replicas["ledger"]])
         await balancer.start()
         self.balancers["ledger"] = balancer
-        self.bootstrap_dodo()
+        await asyncio.to_thread(self.bootstrap_dodo)  # the balancer keeps serving on this loop meanwhile
         for name in ("tier", "metering", "notifier", "gateway"):
             await self.start_service(name, replicas=(replicas or {}).get(name, 1),
                                      replica_env=(replica_env or {}).get(name, ()))
@@ -195,5 +165,5 @@ class System:
     def admin(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(
             base_url=f"http://127.0.0.1:{self.ports['ledger-lb']}",
-            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30,
+            headers={"Authorization": f"Bearer {self.base_env()['TOLLGATE_ADMIN_TOKEN']}"}, timeout=30,
         )

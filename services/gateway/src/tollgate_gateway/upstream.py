@@ -133,9 +133,11 @@ class _Connection(asyncio.Protocol):
             await self.wait(timeout)
 
     async def next_chunk(self, timeout: float) -> bytes | None:
+        """Everything received so far, as one piece: when the reader falls behind, several body
+        pieces go on together (one relay pass, one write to the client) - never any waiting."""
         while True:
             if self.chunks:
-                chunk = self.chunks.popleft()
+                chunk = self.chunks.popleft() if len(self.chunks) == 1 else b"".join(self._drain())
                 self.buffered -= len(chunk)
                 if self.paused and self.buffered < _LOW_WATER and self.transport is not None:
                     self.transport.resume_reading()
@@ -146,6 +148,11 @@ class _Connection(asyncio.Protocol):
             if self.error is not None:
                 raise self.error
             await self.wait(timeout)
+
+    def _drain(self) -> list[bytes]:
+        pieces = list(self.chunks)
+        self.chunks.clear()
+        return pieces
 
     def abort(self) -> None:
         self.closed = True

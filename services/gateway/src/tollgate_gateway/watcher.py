@@ -29,8 +29,11 @@ class Watcher:
                 return
 
     def stop(self) -> None:
+        # Not cancelled: the server reports a disconnect to `receive` as soon as the response is
+        # complete, so the task ends by itself. A cancelled task would keep its CancelledError,
+        # whose traceback holds this watcher: one reference cycle per request for the collector.
         self.finished = True
-        self._task.cancel()
+        self._target = None
 
 
 def uncancel() -> None:
