@@ -186,8 +186,8 @@ def test_provision_runs_streams_migrations_and_dodo_bootstrap() -> None:
     script = " ".join(map(str, [svc.get("entrypoint", ""), svc.get("command", "")]))
     assert "provision streams" in script
     assert "migrate" in script and all(s in script for s in APP_SERVICES)
-    assert "dodo bootstrap" in script and "--webhook-url" in script
-    assert "http://ledger:8081/webhooks/dodo" in script
+    assert "dodo bootstrap" in script and "--ledger-url" in script
+    assert "--ledger-url http://ledger:8081" in script
     deps = depends_on(svc)
     assert {"nats", "postgres", "dodo-emulator"} <= set(deps)
     assert set(deps.values()) == {HEALTHY}
