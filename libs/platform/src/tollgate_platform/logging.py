@@ -48,6 +48,8 @@ def configure_logging(service: str, level: str = "INFO", json: bool = True) -> N
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
+            # The traceback becomes text before redaction, so a key inside it is redacted too.
+            structlog.processors.format_exc_info,
             _redact_processor,
             renderer,
         ],

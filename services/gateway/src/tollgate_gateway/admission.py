@@ -12,7 +12,7 @@ from opentelemetry.trace import SpanContext
 
 from tollgate_gateway.auth import KeyRecord
 from tollgate_gateway.billing import usd_exact
-from tollgate_gateway.errors import NO_RETRY, GatewayError, Header, billing_unavailable, model_not_found
+from tollgate_gateway.errors import NO_RETRY, GatewayError, Header, bad_request, billing_unavailable, model_not_found
 from tollgate_gateway.estimate import prompt_bound
 from tollgate_gateway.parsing import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, Parsed
 from tollgate_gateway.ratelimit import admitted_headers, rate_limited
@@ -47,6 +47,16 @@ async def admit(
         margin_pct=rt.settings.tokenizer_margin_pct, image_allowance=rt.settings.image_token_allowance,
         context_window=price.context_window, stateful=parsed.stateful,
     )
+    if not parsed.stateful and len(raw) > rt.settings.exact_bound_max_bytes and price.context_window > 0:
+        # Only a tokenizer count can prove a prompt too long (the byte bound of small bodies only
+        # caps it): with the safety margin taken back out and 10 % to spare for tokenizer
+        # differences, a prompt still over the window is one the provider can only refuse.
+        counted = (bound - 64) * 100 // (100 + rt.settings.tokenizer_margin_pct)
+        if counted > price.context_window * 11 // 10:
+            raise bad_request(
+                f"This model's maximum context length is {price.context_window} tokens; the messages are "
+                f"about {counted} tokens.", param="messages", code="context_length_exceeded",
+            )
     input_cost = -(-bound * price.input_per_m // 1_000_000)
     out_per_m = price.output_per_m * parsed.choices  # n choices: every output token is paid n times
     est_tokens = bound + max_out * parsed.choices
