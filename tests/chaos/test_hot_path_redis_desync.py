@@ -12,11 +12,17 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from support.servers import Infra
 from tollgate_gateway.resp import PipelinedRedis
 from tollgate_standins.faultproxy import FaultProxy
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "known bug: the gateway's pipelined Redis client matches replies by position; a middlebox that "
+    "drops bytes without closing the connection misaligns them until the first timeout aborts the "
+    "connection. Fix: the admit/settle scripts echo the request id and the client verifies it."))
 async def test_a_reply_is_never_handed_to_another_command(infra: Infra) -> None:
     async with FaultProxy(0, "127.0.0.1", infra.redis.port, seed=7) as proxy:
         client = PipelinedRedis(f"redis://127.0.0.1:{proxy.port}/0", command_timeout_s=0.5)

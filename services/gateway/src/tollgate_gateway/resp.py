@@ -34,6 +34,15 @@ class _Protocol(asyncio.Protocol):
         self.waiters: deque[asyncio.Future[Reply]] = deque()
         self.buf = bytearray()
         self.closed = False
+        # Commands are buffered per connection: bytes must go out on the connection whose waiter
+        # queue holds their waiters, or replies would be matched to the wrong commands.
+        self.out: list[bytes] = []
+        self.flush_scheduled = False
+
+    def abort(self) -> None:
+        """Replies are matched by position: once one is lost (a timeout), none can be trusted."""
+        if self.transport is not None and not self.closed:
+            self.transport.abort()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -66,9 +75,10 @@ class _Protocol(asyncio.Protocol):
             del buf[:pos]
 
 
-def _expire(waiter: asyncio.Future[Reply]) -> None:
+def _expire(waiter: asyncio.Future[Reply], conn: _Protocol) -> None:
     if not waiter.done():
         waiter.set_exception(TimeoutError("redis did not answer in time"))
+        conn.abort()
 
 
 class _Incomplete(Exception):
@@ -142,8 +152,6 @@ class PipelinedRedis:
         self.command_timeout = command_timeout_s
         self._conn: _Protocol | None = None
         self._connecting: asyncio.Future[_Protocol] | None = None
-        self._out: list[bytes] = []
-        self._flush_scheduled = False
 
     async def _connection(self) -> _Protocol:
         conn = self._conn
@@ -176,7 +184,6 @@ class PipelinedRedis:
             assert conn.transport is not None
             conn.transport.write(_encode(command))
             await waiter
-        self._out = []
         self._conn = conn
         return conn
 
@@ -190,20 +197,21 @@ class PipelinedRedis:
             conn = await self._connection()
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[Reply] = loop.create_future()
-        conn.waiters.append(waiter)  # stays queued even if it times out: replies match by position
-        self._out.append(_encode(args))
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
+        conn.waiters.append(waiter)
+        conn.out.append(_encode(args))
+        if not conn.flush_scheduled:
+            conn.flush_scheduled = True
             loop.call_soon(self._flush, conn)
-        timer = loop.call_later(self.command_timeout, _expire, waiter)
+        timer = loop.call_later(self.command_timeout, _expire, waiter, conn)
         try:
             return await waiter
         finally:
             timer.cancel()
 
-    def _flush(self, conn: _Protocol) -> None:
-        self._flush_scheduled = False
-        out, self._out = self._out, []
+    @staticmethod
+    def _flush(conn: _Protocol) -> None:
+        conn.flush_scheduled = False
+        out, conn.out = conn.out, []
         if conn.transport is not None and not conn.closed:
             conn.transport.write(b"".join(out))
 
