@@ -86,9 +86,6 @@ async def _one_alert(pool: asyncpg.Pool, slack_url: str) -> None:
     )
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known bug: after a terminated database backend the notifier's delivery worker reuses a "
-    "connection mid-operation (asyncpg: another operation is in progress) and stops delivering"))
 async def test_an_alert_after_a_database_hiccup_is_still_delivered(notifier_db: str) -> None:
     async with AppServer(create_slack_sink(SlackSinkSettings())) as slack, httpx.AsyncClient(timeout=10) as http:
         settings = NotifierSettings(database_url=notifier_db, worker_poll_s=0.1, retry_base_s=0.1, retry_max_s=0.2)
@@ -111,8 +108,8 @@ async def test_an_alert_after_a_database_hiccup_is_still_delivered(notifier_db: 
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "known bug: after a terminated database backend the notifier's delivery worker reuses a "
-    "connection mid-operation (asyncpg: another operation is in progress) and stops delivering"))
+    "known bug: when recording a successful send fails on a terminated database backend, the "
+    "notifier gives up recording and the lease sends the alert again (duplicate)"))
 async def test_an_alert_sent_once_is_not_sent_again_when_recording_it_hiccups(notifier_db: str) -> None:
     """Found by the full chaos run (an ops.drift Slack alert arrived twice): the send succeeded,
     `pg_terminate_backend` broke the connection that was to record it, the worker gave up on

@@ -103,8 +103,7 @@ class System:
 
     def bootstrap_dodo(self) -> dict[str, Any]:
         out = subprocess.run(
-            # tollgate_cli.main has no `__main__` guard, so `python -m tollgate_cli.main` is a no-op.
-            [sys.executable, "-c", "from tollgate_cli.main import app; app()", "dodo", "bootstrap", "--json",
+            [sys.executable, "-m", "tollgate_cli.main", "dodo", "bootstrap", "--json",
              "--ledger-url", f"http://127.0.0.1:{self.ports['ledger-lb']}"],
             cwd=REPO, env={**self.base_env()}, capture_output=True, text=True, check=False,
         )

@@ -92,7 +92,7 @@ class DeliveryWorker:
                     count, age = await store.backlog(self.pool)
                     PENDING.set(count)
                     OLDEST.set(age)
-            except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
+            except Exception as exc:  # a dead worker would leave alerts unsent behind a green /readyz
                 log.warning("claim failed", error=f"{type(exc).__name__}: {exc}")
             if claimed:
                 continue
