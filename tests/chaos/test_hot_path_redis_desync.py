@@ -5,6 +5,11 @@ toxic, Toxiproxy's timeout=0: a black-holing middlebox), every later reply on th
 handed to the wrong command - in the gateway, request A is admitted (or settled) with the verdict
 and hold computed for request B of another customer, and customers overspend their balance.
 
+The fix: the admit and settle scripts end every reply with the request id they were called with,
+and the client checks it; a reply naming a later command proves the ones before it were lost, so
+they fail (the caller answers 503) and the connection is dropped. This test drives the client with
+a script that follows the same convention.
+
 The behaviour a user would notice: the answer to one command is never given to another."""
 
 from __future__ import annotations
@@ -12,29 +17,26 @@ from __future__ import annotations
 import asyncio
 import time
 
-import pytest
 
 from support.servers import Infra
 from tollgate_gateway.resp import PipelinedRedis
 from tollgate_standins.faultproxy import FaultProxy
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known bug: the gateway's pipelined Redis client matches replies by position; a middlebox that "
-    "drops bytes without closing the connection misaligns them until the first timeout aborts the "
-    "connection. Fix: the admit/settle scripts echo the request id and the client verifies it."))
 async def test_a_reply_is_never_handed_to_another_command(infra: Infra) -> None:
     async with FaultProxy(0, "127.0.0.1", infra.redis.port, seed=7) as proxy:
         client = PipelinedRedis(f"redis://127.0.0.1:{proxy.port}/0", command_timeout_s=0.5)
+        # Like admit/settle: the reply carries a result and ends with ARGV[1], the caller's id.
+        script = client.register_script("return {'result-' .. ARGV[1], ARGV[1]}", tagged_by_first_arg=True)
         outcomes = {"ok": 0, "failed": 0, "crossed": 0}
 
         async def one(i: int) -> None:
             try:
-                reply = await client.execute("ECHO", f"command-{i}")
+                reply = await script(args=[f"command-{i}"])
             except (OSError, ConnectionError, TimeoutError):
                 outcomes["failed"] += 1  # an error is fine: the caller answers 503 and nothing moves
                 return
-            outcomes["ok" if reply == f"command-{i}".encode() else "crossed"] += 1
+            outcomes["ok" if reply[0] == f"result-command-{i}".encode() else "crossed"] += 1
 
         async def traffic(seconds: float) -> None:
             """Open-loop arrivals, like requests reaching a gateway."""

@@ -66,3 +66,25 @@ async def test_settled_usage_that_was_never_published_is_published_later(
     async with gateway_factory(republish_after_s=1, republish_interval_s=0.3):
         [event] = await eventually(lambda: tap.events, timeout=10)
     assert event["event_id"] == lost.event_id and event["cost_nanos"] == 4_500
+
+
+async def test_a_redis_connection_closed_under_the_client_is_a_503_not_a_500(
+    gateway_factory: GatewayFactory, seed: Seeder, upstream: Upstream, clean_bus: Infra,
+) -> None:
+    """Under uvloop, redis-py writing on a connection Redis just closed raises RuntimeError, not a
+    RedisError: found by the chaos run, where a Redis restart turned into 500s for customers."""
+    customer = await seed()
+    async with gateway_factory() as gw:
+        rt = gw.app.hot.rt
+
+        async def closed_transport(*_: object) -> None:
+            raise RuntimeError("unable to perform operation on <TCPTransport closed=True reading=False 0x1>")
+
+        rt.auth.redis.hgetall = closed_transport  # the key lookup, first thing on every request
+        try:
+            await gw.client(customer.key).chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+        except openai.APIStatusError as exc:
+            error = exc
+    assert error.status_code == 503 and error.code == "billing_unavailable"
+    assert error.response.headers["retry-after"] == "1"
+    assert await upstream.requests() == []

@@ -76,17 +76,33 @@ def _s(value: object) -> str:
 
 
 class ScriptHost(Protocol):
-    """Anything that runs Lua scripts like redis-py's `register_script` (e.g. a pipelining client)."""
+    """A pipelining client that runs Lua scripts like redis-py's `register_script`, and can check
+    that a reply ending with the caller's request id reached that caller."""
 
-    def register_script(self, script: str) -> Any: ...
+    def register_script(self, script: str, *, tagged_by_first_arg: bool = False) -> Any: ...
+
+
+class MisroutedReply(ConnectionError):
+    """A script's reply names another request: the connection lost bytes; nothing is known."""
+
+
+def _check(raw: list[Any], request_id: str) -> list[Any]:
+    if not raw or _s(raw[-1]) != request_id:
+        raise MisroutedReply("hot-state reply does not belong to this request")
+    return raw
 
 
 class HotState:
     def __init__(self, client: redis.Redis, scripts: ScriptHost | None = None) -> None:
         self.redis = client
-        host: ScriptHost = scripts if scripts is not None else client
-        self._admit = host.register_script(_script("admit"))
-        self._settle = host.register_script(_script("settle"))
+        host: ScriptHost | redis.Redis = scripts if scripts is not None else client
+        if scripts is not None:
+            # admit and settle end their replies with the request id (ARGV[1]).
+            self._admit = scripts.register_script(_script("admit"), tagged_by_first_arg=True)
+            self._settle = scripts.register_script(_script("settle"), tagged_by_first_arg=True)
+        else:
+            self._admit = client.register_script(_script("admit"))
+            self._settle = client.register_script(_script("settle"))
         self._mirror = host.register_script(_script("mirror"))
         self._load = host.register_script(_script("load"))
         self._set_fields = host.register_script(_script("set_fields"))
@@ -100,6 +116,7 @@ class HotState:
                 req.min_out, req.hold_ttl_ms, "1" if req.check_rate else "0", req.list_worst,
             ],
         )
+        raw = _check(raw, req.request_id)
         verdict = _s(raw[0])
         if verdict == "OK":
             plan, _, served = _s(raw[9]).partition("|")
@@ -130,6 +147,7 @@ class HotState:
             keys=[k.acct, k.holds, k.holdexp, k.unposted, k.unposted_ev],
             args=[request_id, cost, mode, list_price, max(tokens_refund, 0), event_json],
         )
+        raw = _check(raw, request_id)
         return int(raw[0]), bool(int(raw[1]))
 
     async def mirror(self, customer_id: str, balance: int, seq: int, posted: list[str]) -> tuple[bool, int]:

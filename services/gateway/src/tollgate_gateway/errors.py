@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import orjson
+from redis.exceptions import RedisError
 
 Header = tuple[bytes, bytes]
 
@@ -84,3 +85,12 @@ def billing_unavailable() -> GatewayError:
         503, "Billing is temporarily unavailable, please retry shortly.", "server_error", "billing_unavailable",
         headers=[(b"retry-after", b"1")],
     )
+
+
+def state_unreachable(exc: BaseException) -> bool:
+    """Redis or Postgres could not be reached. Besides their own errors and OSError, this is
+    uvloop's RuntimeError for a write on a transport that closed under redis-py - the same fault,
+    seen when Redis restarts or a connection is cut, and not a bug of ours."""
+    if isinstance(exc, (RedisError, OSError)):
+        return True
+    return isinstance(exc, RuntimeError) and str(exc).startswith("unable to perform operation on <")

@@ -8,14 +8,13 @@ from typing import Any
 
 from opentelemetry import propagate
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
-from redis.exceptions import RedisError
 from starlette.types import Receive, Scope, Send
 
 from tollgate_gateway import account, forward, metrics
 from tollgate_gateway.admission import admit
 from tollgate_gateway.asgi import JSON, ClientGone, header, read_body, send_bytes, send_error
 from tollgate_gateway.billing import Usage
-from tollgate_gateway.errors import GatewayError, billing_unavailable, overloaded
+from tollgate_gateway.errors import GatewayError, billing_unavailable, overloaded, state_unreachable
 from tollgate_gateway.parsing import ENDPOINTS, parse
 from tollgate_gateway.runtime import Runtime
 from tollgate_gateway.settlement import bill, record
@@ -82,13 +81,13 @@ class HotPath:
             return exc.status
         except ClientGone:
             return 499
-        except (RedisError, OSError) as exc:
-            # Fail closed: without the hot state nothing can be reserved, and nothing runs on credit.
-            log.warning("billing state unavailable", error=type(exc).__name__, request_id=request_id)
-            if not started:
-                await send_error(send, billing_unavailable(), request_id.encode())
-            return 503
-        except Exception:
+        except Exception as exc:
+            if state_unreachable(exc):
+                # Fail closed: without the hot state nothing can be reserved, nothing runs on credit.
+                log.warning("billing state unavailable", error=type(exc).__name__, request_id=request_id)
+                if not started:
+                    await send_error(send, billing_unavailable(), request_id.encode())
+                return 503
             log.exception("unexpected gateway error", request_id=request_id)
             if not started:
                 error = GatewayError(500, "The gateway had an internal error.", "server_error")

@@ -31,7 +31,8 @@ class _Protocol(asyncio.Protocol):
     def __init__(self, client: PipelinedRedis) -> None:
         self.client = client
         self.transport: asyncio.Transport | None = None
-        self.waiters: deque[asyncio.Future[Reply]] = deque()
+        # (waiter, tag): a tagged command's reply is an array ending with its tag (the request id).
+        self.waiters: deque[tuple[asyncio.Future[Reply], bytes | None]] = deque()
         self.buf = bytearray()
         self.closed = False
         # Commands are buffered per connection: bytes must go out on the connection whose waiter
@@ -51,7 +52,7 @@ class _Protocol(asyncio.Protocol):
         self.closed = True
         error = ConnectionError("redis connection lost")
         while self.waiters:
-            waiter = self.waiters.popleft()
+            waiter, _ = self.waiters.popleft()
             if not waiter.done():
                 waiter.set_exception(error)
         self.client._lost(self)
@@ -65,7 +66,10 @@ class _Protocol(asyncio.Protocol):
                 value, pos = _parse(buf, pos)
             except _Incomplete:
                 break
-            waiter = self.waiters.popleft()
+            waiter, tag = self.waiters.popleft()
+            if tag is not None and not isinstance(value, RespError) and _tag(value) != tag:
+                self._misaligned(waiter, value)
+                return
             if not waiter.done():
                 if isinstance(value, RespError):
                     waiter.set_exception(value)
@@ -73,6 +77,30 @@ class _Protocol(asyncio.Protocol):
                     waiter.set_result(value)
         if pos:
             del buf[:pos]
+
+    def _misaligned(self, waiter: asyncio.Future[Reply], value: Reply) -> None:
+        """Replies come in command order, so commands queued before the one this reply names
+        were lost on the way (a middlebox dropping bytes); their outcome is unknown, and the
+        connection can no longer be trusted. The reply still reaches the command it answers."""
+        tag = _tag(value)
+        lost = [waiter]
+        while self.waiters:
+            candidate, candidate_tag = self.waiters.popleft()
+            if candidate_tag is not None and candidate_tag == tag:
+                if not candidate.done():
+                    candidate.set_result(value)
+                break
+            lost.append(candidate)
+        error = ConnectionError("redis reply lost: the connection dropped a command or its reply")
+        for future in lost:
+            if not future.done():
+                future.set_exception(error)
+        self.buf.clear()
+        self.abort()
+
+
+def _tag(value: Reply) -> bytes | None:
+    return value[-1] if isinstance(value, list) and value and isinstance(value[-1], bytes) else None
 
 
 def _expire(waiter: asyncio.Future[Reply], conn: _Protocol) -> None:
@@ -122,18 +150,21 @@ def _parse(buf: bytearray, pos: int) -> tuple[Reply, int]:
     raise ConnectionError(f"unexpected RESP type byte {kind!r}")
 
 
+def _encode_arg(arg: Any) -> bytes:
+    kind = type(arg)
+    if kind is bytes:
+        return arg  # type: ignore[no-any-return]
+    if kind is str:
+        return arg.encode()  # type: ignore[no-any-return]
+    if kind is int:
+        return b"%d" % arg
+    return str(arg).encode()
+
+
 def _encode(args: Sequence[Any]) -> bytes:
     parts = [b"*%d\r\n" % len(args)]
     for arg in args:
-        kind = type(arg)
-        if kind is str:
-            data = arg.encode()
-        elif kind is int:
-            data = b"%d" % arg
-        elif kind is bytes:
-            data = arg
-        else:
-            data = str(arg).encode()
+        data = _encode_arg(arg)
         parts.append(b"$%d\r\n%b\r\n" % (len(data), data))
     return b"".join(parts)
 
@@ -180,7 +211,7 @@ class PipelinedRedis:
             handshake.append(["SELECT", self.db])
         for command in handshake:
             waiter = loop.create_future()
-            conn.waiters.append(waiter)
+            conn.waiters.append((waiter, None))
             assert conn.transport is not None
             conn.transport.write(_encode(command))
             await waiter
@@ -191,13 +222,15 @@ class PipelinedRedis:
         if self._conn is conn:
             self._conn = None
 
-    async def execute(self, *args: Any) -> Reply:
+    async def execute(self, *args: Any, tag: bytes | None = None) -> Reply:
+        """Run one command. With `tag`, its reply must be an array ending with the tag: a reply
+        that ends otherwise proves lost bytes, and fails the commands it skipped over."""
         conn = self._conn
         if conn is None or conn.closed:
             conn = await self._connection()
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[Reply] = loop.create_future()
-        conn.waiters.append(waiter)
+        conn.waiters.append((waiter, tag))
         conn.out.append(_encode(args))
         if not conn.flush_scheduled:
             conn.flush_scheduled = True
@@ -215,8 +248,9 @@ class PipelinedRedis:
         if conn.transport is not None and not conn.closed:
             conn.transport.write(b"".join(out))
 
-    def register_script(self, script: str) -> Script:
-        return Script(self, script)
+    def register_script(self, script: str, *, tagged_by_first_arg: bool = False) -> Script:
+        """`tagged_by_first_arg`: the script returns an array ending with ARGV[1] (a request id)."""
+        return Script(self, script, tagged_by_first_arg)
 
     async def ping(self) -> None:
         await self.execute("PING")
@@ -230,15 +264,17 @@ class PipelinedRedis:
 class Script:
     """EVALSHA with a fallback to EVAL when Redis does not have the script (yet, or any more)."""
 
-    def __init__(self, client: PipelinedRedis, source: str) -> None:
+    def __init__(self, client: PipelinedRedis, source: str, tagged_by_first_arg: bool = False) -> None:
         self.client = client
         self.source = source
+        self.tagged = tagged_by_first_arg
         self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
 
     async def __call__(self, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> Reply:
+        tag = _encode_arg(args[0]) if self.tagged else None
         try:
-            return await self.client.execute("EVALSHA", self.sha, len(keys), *keys, *args)
+            return await self.client.execute("EVALSHA", self.sha, len(keys), *keys, *args, tag=tag)
         except RespError as exc:
             if not str(exc).startswith("NOSCRIPT"):
                 raise
-        return await self.client.execute("EVAL", self.source, len(keys), *keys, *args)
+        return await self.client.execute("EVAL", self.source, len(keys), *keys, *args, tag=tag)

@@ -9,14 +9,13 @@ from datetime import datetime
 from typing import Any
 
 from opentelemetry.trace import SpanContext
-from redis.exceptions import RedisError
 
 from tollgate_contracts import subjects
 from tollgate_contracts.events import UsageRecorded
 from tollgate_gateway import metrics, tokens
 from tollgate_gateway.auth import KeyRecord
 from tollgate_gateway.billing import Usage, charge
-from tollgate_gateway.errors import Header
+from tollgate_gateway.errors import Header, state_unreachable
 from tollgate_gateway.parsing import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, Parsed
 from tollgate_gateway.runtime import Runtime
 from tollgate_hotstate import Admitted
@@ -117,7 +116,9 @@ async def record(rt: Runtime, call: Call) -> int:
             list_price=billed.list_price, tokens_refund=call.est_tokens - usage.input_tokens - usage.output_tokens,
             event_json=billed.payload,
         )
-    except (RedisError, OSError) as exc:
+    except Exception as exc:
+        if not state_unreachable(exc):
+            raise
         # The event still goes out: the ledger posts it and its mirror corrects the hot copy; the
         # hold expires by itself.
         metrics.SETTLE_FAILURES.inc()
