@@ -107,20 +107,23 @@ async def test_an_alert_after_a_database_hiccup_is_still_delivered(notifier_db: 
                 await pool.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known bug: when recording a successful send fails on a terminated database backend, the "
-    "notifier gives up recording and the lease sends the alert again (duplicate)"))
-async def test_an_alert_sent_once_is_not_sent_again_when_recording_it_hiccups(notifier_db: str) -> None:
+@pytest.mark.parametrize("failed_checkouts", [
+    1,  # a terminated backend: the next connection works
+    6,  # recording fails for longer than the lease (1.3-2.5 s of retries against a 1 s lease)
+])
+async def test_an_alert_sent_once_is_not_sent_again_when_recording_it_hiccups(
+    notifier_db: str, failed_checkouts: int,
+) -> None:
     """Found by the full chaos run (an ops.drift Slack alert arrived twice): the send succeeded,
     `pg_terminate_backend` broke the connection that was to record it, the worker gave up on
     recording ("could not record delivery outcome"), the claim lease ran out and the alert was sent
-    again. A terminated backend is transient: recording should be retried on a fresh connection
-    before the lease is left to decide."""
+    again. A terminated backend is transient: recording is retried on a fresh connection, and
+    while it is, this replica does not claim the delivery back even after the lease ran out."""
     async with AppServer(create_slack_sink(SlackSinkSettings())) as slack, httpx.AsyncClient(timeout=10) as http:
         settings = NotifierSettings(database_url=notifier_db, worker_poll_s=0.1, retry_base_s=0.1, retry_max_s=0.2,
                                     claim_lease_s=1.0, smtp_timeout_s=0.4, http_timeout_s=0.4)
         pool = await create_pool(notifier_db)
-        hiccups = _PoolThatHiccups(pool, fetch=0, acquire=1)
+        hiccups = _PoolThatHiccups(pool, fetch=0, acquire=failed_checkouts)
         worker = DeliveryWorker(hiccups, http, settings, TracerProvider())  # type: ignore[arg-type]
         worker.start()
         try:

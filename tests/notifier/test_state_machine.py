@@ -101,8 +101,11 @@ async def test_a_delivery_abandoned_by_a_dead_replica_is_taken_over_after_its_le
     started = datetime.now(UTC)
     assert await store.finish(pool, first, started, "sent", None) is False  # the dead claim lost it
     assert await store.finish(pool, second, started, "sent", None) is True
+    # The worker retries finish when the connection breaks; a commit whose reply was lost is no lost lease.
+    assert await store.finish(pool, second, started, "sent", None) is True
     row = await pool.fetchrow("SELECT status, attempts FROM notifier.deliveries WHERE id = $1", first.id)
     assert row is not None and (row["status"], row["attempts"]) == ("sent", 2)
+    assert await pool.fetchval("SELECT count(*) FROM notifier.delivery_attempts WHERE delivery_id = $1", first.id) == 2
 
 
 async def _claim_mine(pool: asyncpg.Pool, cid: str) -> store.Claimed | None:

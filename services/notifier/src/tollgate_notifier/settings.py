@@ -70,6 +70,9 @@ class NotifierSettings(ServiceSettings):
     # A claimed delivery is invisible to other replicas for this long; if this replica dies
     # mid-send another one retries after the lease. Must exceed the slowest send.
     claim_lease_s: float = Field(120.0, gt=0)
+    # How long a replica keeps trying to record an attempt's outcome (a sent alert left unrecorded
+    # is sent again after the lease): long enough for a Postgres restart or failover.
+    record_retry_s: float = Field(300.0, gt=0)
     shutdown_drain_s: float = 15.0
 
     # Handlers wait for a connection when all are busy; 3 replicas x 10 stays well inside

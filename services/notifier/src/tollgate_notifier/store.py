@@ -112,13 +112,15 @@ async def finish(
     retry_in_s: float | None = None,
 ) -> bool:
     """Record one attempt: `sent`, `retry` (pending again in retry_in_s) or `failed`. Only the
-    holder of the current claim may finish it; returns False if the lease was lost meanwhile."""
+    holder of the current claim may finish it; returns False if the lease was lost meanwhile.
+    The claim stays until the next claim replaces it, so finishing again with it (a retry after
+    the connection broke before the commit's reply came back) is recognised, not "lease lost"."""
     async with pool.acquire() as conn, conn.transaction():
         if outcome == "sent":
             updated = await conn.execute(
                 """
                 UPDATE notifier.deliveries SET status = 'sent', sent_at = now(), last_error = NULL,
-                    claim = NULL, updated_at = now()
+                    updated_at = now()
                 WHERE id = $1 AND claim = $2
                 """,
                 item.id, item.claim,
@@ -127,7 +129,7 @@ async def finish(
             updated = await conn.execute(
                 """
                 UPDATE notifier.deliveries SET next_attempt_at = now() + make_interval(secs => $3),
-                    last_error = $4, claim = NULL, updated_at = now()
+                    last_error = $4, updated_at = now()
                 WHERE id = $1 AND claim = $2
                 """,
                 item.id, item.claim, retry_in_s or 0.0, error,
@@ -135,7 +137,7 @@ async def finish(
         else:
             updated = await conn.execute(
                 """
-                UPDATE notifier.deliveries SET status = 'failed', last_error = $3, claim = NULL, updated_at = now()
+                UPDATE notifier.deliveries SET status = 'failed', last_error = $3, updated_at = now()
                 WHERE id = $1 AND claim = $2
                 """,
                 item.id, item.claim, error,

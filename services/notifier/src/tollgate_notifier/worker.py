@@ -35,6 +35,10 @@ DELIVERIES = Counter(
 PENDING = Gauge("notifier_deliveries_pending", "Deliveries waiting to be sent (all replicas)")
 OLDEST = Gauge("notifier_deliveries_oldest_pending_seconds", "Age of the oldest pending delivery")
 BACKLOG_EVERY_S = 15.0
+# Retries of recording an outcome: quick, since a terminated backend only needs a fresh
+# connection, and at most a second apart, so the record lands soon after Postgres is back.
+RECORD_RETRY_FIRST_S = 0.05
+RECORD_RETRY_MAX_S = 1.0
 
 
 def backoff_s(attempt: int, settings: NotifierSettings, rng: random.Random | None = None) -> float:
@@ -60,6 +64,7 @@ class DeliveryWorker:
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[None]] = set()
+        self._unrecorded: set[int] = set()  # deliveries whose outcome is being retried
 
     def wake(self) -> None:
         """A consumer just committed deliveries: look now instead of at the next poll."""
@@ -101,6 +106,10 @@ class DeliveryWorker:
                 await asyncio.wait_for(self._wake.wait(), timeout=self.settings.worker_poll_s)
 
     async def _claim_and_dispatch(self) -> int:
+        if self._unrecorded:
+            # Our lease on an unrecorded delivery may have run out during the outage; claiming now
+            # could take it back and send it again before its outcome is recorded.
+            return 0
         free = self.settings.worker_concurrency - len(self._inflight)
         if free <= 0:
             await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
@@ -121,11 +130,8 @@ class DeliveryWorker:
             attributes={"notifier.channel": item.channel, "notifier.kind": item.kind, "notifier.attempt": item.attempt},
         ):
             outcome, error, retry_in = await self._attempt(item)
-        try:
-            kept = await store.finish(self.pool, item, started, outcome, error, retry_in)
-        except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
-            # The lease will expire and the delivery is retried; a sent one may then repeat.
-            log.error("could not record delivery outcome", delivery_id=item.id, error=type(exc).__name__)
+        kept = await self._record(item, started, outcome, error, retry_in)
+        if kept is None:
             return
         DELIVERIES.labels(item.channel, outcome).inc()
         fields = {"delivery_id": item.id, "alert_id": item.alert_id, "channel": item.channel,
@@ -138,6 +144,50 @@ class DeliveryWorker:
             log.warning("delivery failed, will retry", error=error, retry_in_s=round(retry_in or 0, 3), **fields)
         else:
             log.error("delivery failed permanently", error=error, **fields)
+
+    async def _record(
+        self, item: store.Claimed, started: datetime, outcome: str, error: str | None, retry_in: float | None,
+    ) -> bool | None:
+        """store.finish, retried until it lands or record_retry_s runs out (then None).
+
+        Giving up on recording a successful send would let the lease hand the delivery to another
+        replica, which sends it again. While the database is down nobody can take it over (a claim
+        is a write too), this replica claims nothing until the record lands, and retries are at
+        most RECORD_RETRY_MAX_S apart: within the lease (claim_lease_s), no one else sends it.
+
+        Still at-least-once, because a send and a database write can never be one atomic step:
+        if the process dies (or stop() cuts it off) after the receiver accepted and before the
+        commit, or an outage outlives the lease and another replica claims the delivery before
+        this record lands, it is sent again. Recording "sending" first and never retrying would
+        lose alerts instead; the stable Message-ID / webhook-id let receivers drop the repeat."""
+        deadline = time.monotonic() + self.settings.record_retry_s
+        failures = 0
+        try:
+            while True:
+                try:
+                    kept = await store.finish(self.pool, item, started, outcome, error, retry_in)
+                except Exception as exc:  # asyncpg raises more than PostgresError on a broken connection
+                    failures += 1
+                    if failures == 1:
+                        self._unrecorded.add(item.id)
+                        log.warning("could not record delivery outcome, retrying", delivery_id=item.id,
+                                    outcome=outcome, error=f"{type(exc).__name__}: {exc}")
+                    if time.monotonic() >= deadline:
+                        log.error("gave up recording delivery outcome; it is retried after its lease",
+                                  delivery_id=item.id, outcome=outcome, tries=failures)
+                        return None
+                    delay = min(RECORD_RETRY_MAX_S, RECORD_RETRY_FIRST_S * 2.0 ** (failures - 1))
+                    await asyncio.sleep(random.uniform(0.5, 1.0) * delay)
+                    continue
+                if failures:
+                    log.info("delivery outcome recorded after retrying", delivery_id=item.id, tries=failures + 1)
+                return kept
+        except asyncio.CancelledError:
+            log.error("stopped before recording delivery outcome; it is retried after its lease",
+                      delivery_id=item.id, outcome=outcome)
+            raise
+        finally:
+            self._unrecorded.discard(item.id)
 
     async def _attempt(self, item: store.Claimed) -> tuple[str, str | None, float | None]:
         try:
