@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import uuid
 
 import asyncpg
 import httpx
@@ -148,6 +149,28 @@ async def test_errors_have_one_json_shape(ledger: RunningLedger) -> None:
     assert missing.json() == {"error": {"message": "customer cus_tg_missing not found", "type": "not_found_error",
                                         "code": "customer_not_found"}}
     assert invalid.status_code == 422 and set(invalid.json()["error"]) == {"message", "type", "code"}
+
+
+@pytest.mark.parametrize("blank", ["", " ", "\t\n  "], ids=["empty", "space", "whitespace"])
+async def test_blank_dodo_customer_id_is_refused_and_nothing_is_stored(ledger: RunningLedger, blank: str) -> None:
+    email = f"blank-dodo-{uuid.uuid4().hex[:10]}@example.com"
+    async with ledger.admin() as admin:
+        refused = await admin.post("/customers", json={
+            "email": email, "name": "Blank Dodo", "dodo_customer_id": blank, "create_in_dodo": False,
+        })
+        listed = (await admin.get("/customers", params={"email": email})).json()
+    assert refused.status_code == 422, refused.text
+    assert refused.json() == {"error": {
+        "message": "dodo_customer_id: must not be empty or blank; omit it or send null to leave it unlinked",
+        "type": "invalid_request_error", "code": "invalid_request",
+    }}
+    assert listed["data"] == []
+    pool = ledger.ledger.pool
+    assert await pool.fetchval("SELECT count(*) FROM ledger.customers WHERE email = $1", email) == 0
+    assert await pool.fetchval(r"SELECT count(*) FROM ledger.customers WHERE dodo_customer_id ~ '^\s*$'") == 0
+    # null (not linked) and a real id are still accepted
+    assert await ledger.new_customer()
+    assert await ledger.new_customer(dodo_customer_id=f"cus_dodo_{uuid.uuid4().hex[:8]}")
 
 
 async def test_openapi_documents_the_admin_api_with_bearer_auth(ledger: RunningLedger) -> None:

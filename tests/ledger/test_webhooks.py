@@ -3,15 +3,18 @@ nothing at all stored for requests that do not carry a valid, fresh signature.""
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import httpx
+from standardwebhooks import Webhook
 
 from ledger.support import (
     CENT,
     PACK_5,
     PACK_20,
+    WEBHOOK_SECRET,
     RunningLedger,
     balance_of,
     billing_events,
@@ -20,6 +23,7 @@ from ledger.support import (
     envelope,
     payment_succeeded,
     refund_succeeded,
+    sign_bytes,
     signed,
 )
 from support.servers import eventually
@@ -150,6 +154,50 @@ async def test_malformed_json_with_a_valid_signature_is_400(ledger: RunningLedge
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "invalid_json"
     assert await inbox_row(ledger, webhook_id) is None
+
+
+def _not_utf8(event: dict[str, object]) -> bytes:
+    """The event's JSON with one byte that is not UTF-8 inside a string (the customer's name)."""
+    body = json.dumps(event).encode().replace(b'"name": "X"', b'"name": "X\xff"', 1)
+    assert b"\xff" in body
+    return body
+
+
+async def test_invalid_utf8_with_a_valid_signature_is_400_and_stores_nothing(ledger: RunningLedger) -> None:
+    customer = await ledger.new_customer()
+    body = _not_utf8(payment_succeeded(customer))
+    webhook_id = f"msg_{uuid.uuid4().hex}"
+    at = datetime.now(UTC)
+    # the raw-bytes signer agrees with the library wherever the library can sign (UTF-8 text)
+    assert sign_bytes(WEBHOOK_SECRET, webhook_id, at, b'{"a": 1}') == Webhook(WEBHOOK_SECRET).sign(
+        webhook_id, at, '{"a": 1}')
+    response = await ledger.post_webhook(body, webhook_id=webhook_id, timestamp=at)
+    assert response.status_code == 400, response.text
+    assert response.json() == {"error": {"message": "webhook body is not valid UTF-8",
+                                         "type": "invalid_request_error", "code": "invalid_encoding"}}
+    assert await inbox_row(ledger, webhook_id) is None
+    assert await balance_of(ledger.ledger.pool, customer) == 0
+
+
+async def test_invalid_utf8_with_a_bad_signature_is_still_401(ledger: RunningLedger) -> None:
+    customer = await ledger.new_customer()
+    body = _not_utf8(payment_succeeded(customer))
+    wrong_secret = signed(body, secret="whsec_" + "d3Jvbmctc2VjcmV0")
+    stale = signed(body, timestamp=datetime.now(UTC) - timedelta(minutes=10))
+    _, other_body_headers = signed(body.replace(b"\xff", b"\xfe"))
+    _, nan_headers = signed(body)
+    nan_headers["webhook-timestamp"] = "nan"
+    attempts = [wrong_secret, stale, (body, other_body_headers), (body, nan_headers),
+                (body, {"content-type": "application/json"})]
+    async with httpx.AsyncClient(base_url=ledger.url) as client:
+        for content, headers in attempts:
+            response = await client.post("/webhooks/dodo", content=content, headers=headers)
+            assert response.status_code == 401, (headers, response.text)
+            assert response.json() == {"error": {"message": "invalid or expired webhook signature",
+                                                 "type": "authentication_error", "code": "invalid_signature"}}
+            if "webhook-id" in headers:
+                assert await inbox_row(ledger, headers["webhook-id"]) is None
+    assert await balance_of(ledger.ledger.pool, customer) == 0
 
 
 async def test_body_over_one_mebibyte_is_413(ledger: RunningLedger) -> None:

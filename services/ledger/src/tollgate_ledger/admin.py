@@ -9,7 +9,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 from tollgate_ledger import hot, operations, reconcile, webhooks
 from tollgate_ledger.context import Ledger
@@ -52,6 +53,17 @@ class CustomerIn(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     dodo_customer_id: str | None = Field(None, description="Link an existing Dodo customer instead of creating one")
     create_in_dodo: bool = Field(True, description="Create the Dodo customer now when Dodo is reachable")
+
+    @field_validator("dodo_customer_id")
+    @classmethod
+    def _dodo_customer_id(cls, value: str | None) -> str | None:
+        # An empty id would be stored as a "link" that matches no Dodo customer (and, being
+        # unique, would block the next one): absent/null means "not linked", anything else is an id.
+        if value is not None and not value.strip():
+            raise PydanticCustomError(
+                "blank_dodo_customer_id", "must not be empty or blank; omit it or send null to leave it unlinked"
+            )
+        return value
 
 
 class Customer(_Out):
