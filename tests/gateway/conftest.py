@@ -8,8 +8,6 @@ from __future__ import annotations
 import contextlib
 import secrets
 import string
-import threading
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -20,12 +18,12 @@ import asyncpg
 import httpx
 import orjson
 import pytest
-import uvicorn
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 from openai import AsyncOpenAI
 
 from support.servers import AppServer, Infra, create_database, drop_database
+from support.threaded_server import ThreadedServer
 from tollgate_gateway.app import create_app
 from tollgate_gateway.auth import key_hash
 from tollgate_gateway.settings import GatewaySettings
@@ -82,35 +80,9 @@ def expected_cost(model: str, input_tokens: int, output_tokens: int, cached: int
 # ---------------------------------------------------------------------------- the mock upstream
 
 
-class ThreadServer:
-    """uvicorn in a daemon thread with its own loop: the upstream never shares the test's loop."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-        self.server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on",
-                           timeout_graceful_shutdown=2)
-        )
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.port = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> ThreadServer:
-        self.thread.start()
-        deadline = time.monotonic() + 15
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("server did not start")
-            time.sleep(0.01)
-        self.port = self.server.servers[0].sockets[0].getsockname()[1]
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
+# The name the gateway tests import: uvicorn in a daemon thread with its own loop, so the
+# upstream never shares the test's loop.
+ThreadServer = ThreadedServer
 
 
 @dataclass

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
-import uvicorn
 from openai import AsyncOpenAI
+
+from support.threaded_server import ThreadedServer
 
 UPSTREAM_KEY = "sk-upstream-test-0123456789"
 SMTP_USER = "notifier"
@@ -21,46 +19,10 @@ SMTP_PASSWORD = "sink-password"
 HOOK_SECRET = "whsec_" + "dG9sbGdhdGUtdGVzdC1ob29rLXNlY3JldA=="  # base64("tollgate-test-hook-secret")
 
 
-class ThreadServer:
-    """uvicorn on 127.0.0.1:<free port> in a daemon thread; port 0 is bound by uvicorn itself so
-    there is no pick-then-bind race."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-        self.server = uvicorn.Server(
-            uvicorn.Config(
-                app, host="127.0.0.1", port=0, log_level="warning", lifespan="on", timeout_graceful_shutdown=2
-            )
-        )
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.port = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> ThreadServer:
-        self.thread.start()
-        deadline = time.monotonic() + 15
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("stand-in server did not start")
-            time.sleep(0.01)
-        self.port = self.server.servers[0].sockets[0].getsockname()[1]
-        return self
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
-
-
-@contextlib.contextmanager
-def serve(app: Any) -> Iterator[ThreadServer]:
-    server = ThreadServer(app).start()
-    try:
-        yield server
-    finally:
-        server.stop()
+# The names this package's conftest and tests use: `with serve(app) as server:` runs `app` under
+# uvicorn in a daemon thread (own loop, a free port bound by uvicorn itself).
+ThreadServer = ThreadedServer
+serve = ThreadedServer
 
 
 def free_port() -> int:
