@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import time
 
-
 from support.servers import Infra
 from tollgate_gateway.resp import PipelinedRedis
 from tollgate_standins.faultproxy import FaultProxy

@@ -92,6 +92,8 @@ async def world(subs_infra: Infra, workdir: Path) -> AsyncIterator[World]:
                 "TOLLGATE_TIERS_FILE": str(tiers),
                 "GATEWAY_WORKERS": "1",
                 "GATEWAY_SPOOL_DIR": str(workdir / "subscriptions-gateway-spool"),
+                "GATEWAY_REPUBLISH_AFTER_S": "2",
+                "GATEWAY_REPUBLISH_INTERVAL_S": "0.5",
                 "LOG_LEVEL": "WARNING",
             }
             async with service_process("tollgate_gateway", subs_infra, env=env) as gateway:

@@ -7,10 +7,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import uuid
+from datetime import UTC, datetime
 from decimal import Decimal
 
-from subscriptions.support import PLUS_CAP, World
+from subscriptions.support import FREE_DAILY_CAP, PLUS_CAP, World
 from support.servers import eventually
+from tollgate_contracts.events import UsageRecorded
+from tollgate_hotstate.keys import CustomerKeys
 from tollgate_money import NANOS_PER_USD
 
 
@@ -88,6 +93,70 @@ async def test_free_allowance_after_credits_run_out(world: World) -> None:
     # Back to following Dodo: never subscribed there, so credits only again.
     cleared = await world.call("PUT", f"/customers/{customer}/plan", json={"plan": None})
     assert cleared["plan"] == "" and cleared["source"] == "none"
+
+
+async def test_concurrent_free_calls_never_exceed_the_daily_allowance(world: World) -> None:
+    """The allowance is held against like credits: a burst of calls cannot all see it unused."""
+    customer = await world.new_customer()
+    key = await world.issue_key(customer)
+    await world.call("PUT", f"/customers/{customer}/plan", json={"plan": "free"})
+    await world.wait_plan(customer, plan="free")  # the gateway loads it at the first call
+    replies = await asyncio.gather(*(world.chat(key, "gpt-4o-mini") for _ in range(30)))
+    served = [r for r in replies if r.status == 200]
+    assert served and all(r.mode == "free" for r in served)
+    assert {r.status for r in replies} == {200, 402}
+    used = sum(r.list_price(world.book) for r in served)
+    assert used <= FREE_DAILY_CAP
+    # Every hold went back: what is left of the day is the allowance minus what was used.
+    await world.wait_hot(customer, dused=used, dheld=0)
+
+
+async def test_past_the_cap_a_key_kept_off_the_fallback_model_is_refused_clearly(world: World) -> None:
+    customer = await world.new_customer()
+    await world.grant(customer, 100)
+    await world.subscribe(customer, "plus")
+    issued = await world.call("POST", f"/customers/{customer}/keys", expect=201,
+                              json={"name": "gpt-4o only", "models": ["gpt-4o"]})
+    key = str(issued["key"])
+    funded = await world.balance(customer)
+    used = 0
+    while used < PLUS_CAP:
+        reply = await world.chat(key, "gpt-4o")
+        assert reply.status == 200 and reply.mode == "subscription" and reply.model == "gpt-4o"
+        used += reply.list_price(world.book)
+        await world.wait_hot(customer, pused=used)
+    refused = await world.chat(key, "gpt-4o")
+    assert refused.status == 403 and refused.error_code == "fallback_model_not_allowed"
+    assert "gpt-4o-mini" in refused.body["error"]["message"]
+    assert await world.balance(customer) == funded  # and credits were not charged instead
+
+
+async def test_plan_usage_settled_by_a_gateway_that_died_before_publishing_still_counts(world: World) -> None:
+    """Settled plan usage waits in Redis until the ledger posts it, like credits usage: a gateway
+    that dies between settling and publishing leaves it to another gateway to publish."""
+    customer = await world.new_customer()
+    await world.subscribe(customer, "plus")
+    key = await world.issue_key(customer)
+    first = await world.chat(key, "gpt-4o")
+    used = first.list_price(world.book)
+    await world.wait_plan(customer, used_nanos=used)
+    # What a gateway leaves behind when it dies right after settling a subscription call.
+    lost = UsageRecorded(
+        event_id="req_" + uuid.uuid4().hex, customer_id=customer, key_id="key_lost", endpoint="/v1/chat/completions",
+        model="gpt-4o", requested_model="gpt-4o", input_tokens=20, output_tokens=10, cost_nanos=0,
+        list_price_nanos=150_000, price_book_version=world.book.version, billing_mode="subscription", plan="plus",
+        started_at=datetime.now(UTC), occurred_at=datetime.now(UTC),  # within the period
+    )
+    await world.hot.settle(customer, lost.event_id, cost=0, mode="subscription", list_price=150_000,
+                           tokens_refund=0, event_json=lost.model_dump_json().encode())
+    await world.wait_plan(customer, used_nanos=used + 150_000)
+    # Posted: the gateway forgets it, and nothing was taken from credits.
+    await eventually(lambda: _hlen(world, CustomerKeys(customer).unposted_ev, 0))
+    assert await world.balance(customer) == 0
+
+
+async def _hlen(world: World, key: str, expected: int) -> bool:
+    return bool(await world.hot.redis.hlen(key) == expected)
 
 
 async def _wait_balance(world: World, customer: str, expected: int) -> None:

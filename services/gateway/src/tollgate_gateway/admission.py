@@ -80,6 +80,14 @@ async def admit(
         headers.append((b"x-tollgate-max-tokens-lowered", str(admitted.max_out).encode()))
     served_price = price
     served = admitted.served_model or model
+    if not key.allows(served):
+        # Past the soft cap the plan serves its fallback model; a key kept off that model gets a
+        # clear refusal rather than a model it was never meant to use (or a charge to credits).
+        raise GatewayError(
+            403, f"Your plan's usage cap for this period is reached, so `{model}` is now served by "
+            f"`{served}`, which this API key is not allowed to use.", "invalid_request_error",
+            "fallback_model_not_allowed", "model", headers=[NO_RETRY],
+        )
     if served != model:
         body["model"] = served
         changed = True

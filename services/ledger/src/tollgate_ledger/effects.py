@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+NO_BALANCE = -1  # a Mirror's seq when it only carries posted request ids
+
 
 @dataclass(slots=True)
 class Mirror:
@@ -32,6 +34,11 @@ class Effects:
         elif seq > current.seq:
             current.balance, current.seq = balance, seq
         current.posted.update(posted or ())
+
+    def posted(self, customer_id: str, request_ids: list[str]) -> None:
+        """Usage that moved no balance (plan, Free, zero-cost) leaves the gateway's unposted set
+        without a balance to mirror: seq -1 is never newer than the hot copy's."""
+        self.mirror(customer_id, 0, NO_BALANCE, request_ids)
 
     def status(self, customer_id: str, version: int, status: str) -> None:
         current = self.statuses.get(customer_id)

@@ -11,7 +11,7 @@ from nats.aio.client import Client as NatsClient
 
 from tollgate_contracts import subjects
 from tollgate_hotstate import HotState, api_key
-from tollgate_ledger.effects import Effects
+from tollgate_ledger.effects import NO_BALANCE, Effects
 
 # Redis answers thousands of scripts a second; a cap keeps one huge batch from taking every
 # pooled connection away from the gateway-facing calls of this process.
@@ -32,7 +32,7 @@ async def apply(hot: HotState, effects: Effects) -> set[str]:
     async def one(customer_id: str, balance: int, seq: int, posted: list[str]) -> None:
         async with semaphore:
             applied, _ = await hot.mirror(customer_id, balance, seq, posted)
-        if not applied:
+        if not applied and seq != NO_BALANCE:
             skipped.add(customer_id)
 
     await asyncio.gather(

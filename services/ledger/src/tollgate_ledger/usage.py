@@ -3,8 +3,9 @@
 Credits usage becomes a `usage` entry keyed `usage:<request id>`; subscription and free usage
 (and zero-cost requests) go to ledger.plan_usage without touching the balance, and a period's
 subscription usage crossing the plan's soft cap publishes softcap.reached (once per period).
-After commit the hot copy is mirrored once per customer with every request id of the batch,
-including those that were already posted: a redelivery after a crash between commit and ack must
+After commit the hot copy is mirrored once per customer with every request id of the batch
+(uncharged ones too: the gateway keeps every settled event until it is posted), including those
+that were already posted: a redelivery after a crash between commit and ack must
 still clear them from the gateway's unposted set.
 
 A balance may go negative here: the request already ran, and the gateway's reservation bounds
@@ -122,6 +123,8 @@ async def _post_in_transaction(
         for event in uncharged:
             metrics.USAGE_POSTED.labels(event.billing_mode).inc()
         await softcap.record(conn, effects, [e for e in uncharged if e.event_id in inserted])
+        for event in uncharged:
+            effects.posted(event.customer_id, [event.event_id])
 
     await _touch_keys(conn, charged + uncharged)
     return result

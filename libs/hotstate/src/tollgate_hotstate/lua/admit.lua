@@ -24,23 +24,25 @@ local list_worst = tonumber(ARGV[10])
 local function run()
   local f = redis.call("HMGET", acct, "loaded", "bal", "unposted", "reserved", "rpm", "tpm",
     "tb_tokens", "tb_ts", "plan", "plan_models", "fallback", "cap", "pused", "status",
-    "free_models", "daily_cap", "dused", "dday")
+    "free_models", "daily_cap", "dused", "dday", "dheld")
   if not f[1] then return {"LOAD"} end
   if f[14] == "frozen" then return {"FROZEN"} end
 
   local t = redis.call("TIME")
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
-  -- Holds left by a crashed process expire: their reservation returns to the balance.
+  -- Holds left by a crashed process expire: their reservation returns to the balance (or, for a
+  -- "free:" hold, to the day's allowance).
   local reserved = tonumber(f[4] or "0")
+  local dheld = tonumber(f[19] or "0")
   local stale = redis.call("ZRANGEBYSCORE", holdexp, "-inf", now)
   for _, old in ipairs(stale) do
     local amt = tonumber(redis.call("HGET", holds, old) or "0")
-    reserved = reserved - amt
+    if string.sub(old, 1, 5) == "free:" then dheld = dheld - amt else reserved = reserved - amt end
     redis.call("HDEL", holds, old)
     redis.call("ZREM", holdexp, old)
   end
-  if #stale > 0 then redis.call("HSET", acct, "reserved", reserved) end
+  if #stale > 0 then redis.call("HSET", acct, "reserved", reserved, "dheld", dheld) end
 
   local rpm = tonumber(f[5] or "0")
   local tpm = tonumber(f[6] or "0")
@@ -112,15 +114,18 @@ local function run()
     return {"OK", "credits", out, worst, available - worst, rpm, rpm_left, tpm, tpm_left, ""}
   end
 
-  -- 3) The free plan's daily allowance, for its models only (a hard cap, priced at list price).
+  -- 3) The free plan's daily allowance, for its models only (a hard cap, priced at list price):
+  --    the worst case is held against it like credits, so concurrent calls cannot overshoot.
   if plan == "free" and string.find(f[15] or "", "," .. model .. ",", 1, true) then
     local day = math.floor(now / 86400000)
     local dused = 0
     if tonumber(f[18] or "-1") == day then dused = tonumber(f[17] or "0") end
     local dcap = tonumber(f[16] or "0")
-    if dused + list_worst <= dcap then
+    if dused + dheld + list_worst <= dcap then
       commit_rate()
-      redis.call("HSET", acct, "dday", day, "dused", dused)
+      redis.call("HSET", holds, "free:" .. rid, list_worst)
+      redis.call("ZADD", holdexp, now + hold_ttl, "free:" .. rid)
+      redis.call("HSET", acct, "dday", day, "dused", dused, "dheld", dheld + list_worst)
       return {"OK", "free", max_out, 0, 0, rpm, rpm_left, tpm, tpm_left, "free|" .. model}
     end
   end

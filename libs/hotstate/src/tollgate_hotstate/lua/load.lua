@@ -10,5 +10,5 @@ if KEYS[2] then
   for _, cost in ipairs(redis.call("HVALS", KEYS[2])) do unposted = unposted + tonumber(cost) end
 end
 redis.call("HSET", KEYS[1], unpack(ARGV))
-redis.call("HSET", KEYS[1], "loaded", "1", "unposted", unposted, "reserved", "0")
+redis.call("HSET", KEYS[1], "loaded", "1", "unposted", unposted, "reserved", "0", "dheld", "0")
 return 1
