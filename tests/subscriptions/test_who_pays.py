@@ -105,6 +105,9 @@ async def test_concurrent_free_calls_never_exceed_the_daily_allowance(world: Wor
     served = [r for r in replies if r.status == 200]
     assert served and all(r.mode == "free" for r in served)
     assert {r.status for r in replies} == {200, 402}
+    refused = next(r for r in replies if r.status == 402)
+    assert refused.error_code == "insufficient_quota"
+    assert "of today's allowance left" in refused.body["error"]["message"]
     used = sum(r.list_price(world.book) for r in served)
     assert used <= FREE_DAILY_CAP
     # Every hold went back: what is left of the day is the allowance minus what was used.

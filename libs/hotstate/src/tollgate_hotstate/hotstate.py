@@ -58,6 +58,7 @@ class RateLimited:
 @dataclass(frozen=True, slots=True)
 class NoFunds:
     available: int
+    free_left: int | None = None  # today's Free allowance left, when it could have paid
 
 
 class NeedsLoad:
@@ -132,7 +133,8 @@ class HotState:
                 retry_after_ms=int(raw[1]), limit=int(raw[2]), remaining=int(raw[3]), reset_ms=int(raw[4]),
             )
         if verdict == "NOFUNDS":
-            return NoFunds(available=int(raw[1]))
+            free_left = int(raw[2])
+            return NoFunds(available=int(raw[1]), free_left=free_left if free_left >= 0 else None)
         if verdict == "FROZEN":
             return Frozen()
         return NeedsLoad()

@@ -115,7 +115,7 @@ async def _admit(rt: Runtime, customer_id: str, request: AdmitRequest) -> Admitt
         if isinstance(result, RateLimited):
             raise await rate_limited(rt.redis, customer_id, result)
         if isinstance(result, NoFunds):
-            raise no_funds(rt, result.available)
+            raise no_funds(rt, result.available, result.free_left)
         if isinstance(result, Frozen):
             raise GatewayError(
                 403, "This account is under review because of a payment dispute; API access is suspended. "
@@ -124,11 +124,13 @@ async def _admit(rt: Runtime, customer_id: str, request: AdmitRequest) -> Admitt
     raise billing_unavailable()  # the state vanished between loading and admitting, repeatedly
 
 
-def no_funds(rt: Runtime, available: int) -> GatewayError:
+def no_funds(rt: Runtime, available: int, free_left: int | None = None) -> GatewayError:
+    funds = f"Your balance is {format_usd(available)}"
+    if free_left is not None:
+        funds += f" and your Free plan has {format_usd(free_left)} of today's allowance left"
     return GatewayError(
         402,
-        f"Your balance is {format_usd(available)}, which does not cover this request. "
-        f"Add credits at {rt.settings.topup_url}",
+        f"{funds}, which does not cover this request. Add credits at {rt.settings.topup_url}",
         "insufficient_quota", "insufficient_quota",
         headers=[NO_RETRY, (b"x-tollgate-balance-usd", usd_exact(available).encode())],
     )

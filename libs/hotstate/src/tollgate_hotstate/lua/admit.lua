@@ -8,7 +8,7 @@
 --   {"LOAD"}                                  hot state missing: load from Postgres, retry
 --   {"RPM"|"TPM", retry_after_ms, limit, remaining, reset_ms}
 --   {"OK", mode, max_out, hold, available_after, rpm_limit, rpm_left, tpm_limit, tpm_left, plan_info}
---   {"NOFUNDS", available}
+--   {"NOFUNDS", available, free_left}       free_left: Free allowance left today, or -1
 --   {"FROZEN"}
 local acct, holds, holdexp, rl = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local rid, model = ARGV[1], ARGV[2]
@@ -116,6 +116,7 @@ local function run()
 
   -- 3) The free plan's daily allowance, for its models only (a hard cap, priced at list price):
   --    the worst case is held against it like credits, so concurrent calls cannot overshoot.
+  local free_left = -1
   if plan == "free" and string.find(f[15] or "", "," .. model .. ",", 1, true) then
     local day = math.floor(now / 86400000)
     local dused = 0
@@ -128,8 +129,9 @@ local function run()
       redis.call("HSET", acct, "dday", day, "dused", dused, "dheld", dheld + list_worst)
       return {"OK", "free", max_out, 0, 0, rpm, rpm_left, tpm, tpm_left, "free|" .. model}
     end
+    free_left = math.max(dcap - dused - dheld, 0)
   end
-  return {"NOFUNDS", available}
+  return {"NOFUNDS", available, free_left}
 end
 
 -- The request id closes every reply, so a pipelining client can tell whose reply it holds.
