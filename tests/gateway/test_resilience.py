@@ -8,7 +8,9 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 import openai
+import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
 from support.servers import Infra, eventually
@@ -68,11 +70,20 @@ async def test_settled_usage_that_was_never_published_is_published_later(
     assert event["event_id"] == lost.event_id and event["cost_nanos"] == 4_500
 
 
-async def test_a_redis_connection_closed_under_the_client_is_a_503_not_a_500(
-    gateway_factory: GatewayFactory, seed: Seeder, upstream: Upstream, clean_bus: Infra,
+class _BrokenPool:
+    """A pool whose connection lost its backend mid-operation, as asyncpg reports it."""
+
+    async def fetchrow(self, *_: object) -> None:
+        raise asyncpg.InternalClientError("cannot switch to state 12; another operation (2) is in progress")
+
+
+@pytest.mark.parametrize("fault", ["redis transport closed", "postgres backend terminated"])
+async def test_a_dependency_connection_dying_under_the_client_is_a_503_not_a_500(
+    gateway_factory: GatewayFactory, seed: Seeder, upstream: Upstream, clean_bus: Infra, fault: str,
 ) -> None:
-    """Under uvloop, redis-py writing on a connection Redis just closed raises RuntimeError, not a
-    RedisError: found by the chaos run, where a Redis restart turned into 500s for customers."""
+    """Found by the chaos run, where these surfaced as 500s: under uvloop, redis-py writing on a
+    connection Redis just closed raises RuntimeError (not a RedisError), and asyncpg raises
+    InternalClientError on a pooled connection whose backend was terminated."""
     customer = await seed()
     async with gateway_factory() as gw:
         rt = gw.app.hot.rt
@@ -80,7 +91,17 @@ async def test_a_redis_connection_closed_under_the_client_is_a_503_not_a_500(
         async def closed_transport(*_: object) -> None:
             raise RuntimeError("unable to perform operation on <TCPTransport closed=True reading=False 0x1>")
 
-        rt.auth.redis.hgetall = closed_transport  # the key lookup, first thing on every request
+        async def not_cached(*_: object) -> dict[bytes, bytes]:
+            return {}
+
+        async def broken_pool() -> _BrokenPool:
+            return _BrokenPool()
+
+        if fault == "redis transport closed":
+            rt.auth.redis.hgetall = closed_transport  # the key lookup, first thing on every request
+        else:
+            rt.auth.redis.hgetall = not_cached  # so the key is looked up in Postgres
+            rt.pg.pool = broken_pool
         try:
             await gw.client(customer.key).chat.completions.create(model="gpt-4o-mini", messages=HELLO)
         except openai.APIStatusError as exc:

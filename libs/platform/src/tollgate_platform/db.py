@@ -13,6 +13,15 @@ import asyncpg
 
 T = TypeVar("T")
 
+# "Postgres cannot be reached right now", as asyncpg says it. InternalClientError is what a pooled
+# connection raises when its backend was terminated in the middle of an operation (asyncpg's
+# protocol state machine: "another operation is in progress"); the pool terminates it when
+# resetting it on release fails.
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+    asyncpg.InternalClientError, asyncpg.TooManyConnectionsError, asyncpg.CannotConnectNowError,
+)
+
 
 async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, command_timeout=30)

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 import orjson
 from redis.exceptions import RedisError
 
+from tollgate_platform.db import UNAVAILABLE
+
 Header = tuple[bytes, bytes]
 
 
@@ -88,9 +90,9 @@ def billing_unavailable() -> GatewayError:
 
 
 def state_unreachable(exc: BaseException) -> bool:
-    """Redis or Postgres could not be reached. Besides their own errors and OSError, this is
+    """Redis or Postgres could not be reached. Besides their connection errors and OSError, this is
     uvloop's RuntimeError for a write on a transport that closed under redis-py - the same fault,
     seen when Redis restarts or a connection is cut, and not a bug of ours."""
-    if isinstance(exc, (RedisError, OSError)):
+    if isinstance(exc, (RedisError, *UNAVAILABLE)):
         return True
     return isinstance(exc, RuntimeError) and str(exc).startswith("unable to perform operation on <")

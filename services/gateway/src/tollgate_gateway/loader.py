@@ -11,6 +11,7 @@ from tollgate_gateway.errors import billing_unavailable
 from tollgate_gateway.pg import Postgres
 from tollgate_hotstate import HotState
 from tollgate_hotstate.loader import load_customer
+from tollgate_platform.db import UNAVAILABLE
 
 
 class CustomerLoader:
@@ -46,5 +47,5 @@ class CustomerLoader:
             return await load_customer(pool, self.hot, customer_id, self.default_rpm, self.default_tpm)
         except (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError):
             return False  # no ledger deployed: nobody has a balance
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except (*UNAVAILABLE, asyncpg.PostgresError) as exc:
             raise billing_unavailable() from exc

@@ -10,7 +10,7 @@ from typing import Any
 import asyncpg
 
 from tollgate_gateway.errors import billing_unavailable
-from tollgate_platform.db import create_pool
+from tollgate_platform.db import UNAVAILABLE, create_pool
 from tollgate_platform.logging import get_logger
 
 log = get_logger("tollgate.gateway.pg")
@@ -46,7 +46,7 @@ class Postgres:
         except (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError):
             self._missing("ledger.gateway_keys")
             return None
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except (*UNAVAILABLE, asyncpg.PostgresError) as exc:
             raise billing_unavailable() from exc
         return dict(row) if row else None
 

@@ -22,6 +22,7 @@ from tollgate_ledger import metrics
 from tollgate_ledger.context import Ledger
 from tollgate_ledger.usage import BatchConflict, post_usage
 from tollgate_platform import bus
+from tollgate_platform.db import UNAVAILABLE
 from tollgate_platform.logging import get_logger
 
 log = get_logger(__name__)
@@ -29,8 +30,7 @@ log = get_logger(__name__)
 SERVICE = "ledger"
 BatchMessage = Annotated[StreamMessage[list[Msg]], Context("message")]
 RETRY_DELAY_S = 2.0
-_TRANSIENT = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, RedisError, TimeoutError,
-              BatchConflict, asyncpg.TooManyConnectionsError)
+_TRANSIENT: tuple[type[BaseException], ...] = (*UNAVAILABLE, RedisError, BatchConflict)
 
 
 async def _raw_bodies(msg: StreamMessage[list[Msg]]) -> list[bytes]:

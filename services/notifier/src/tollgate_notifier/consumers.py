@@ -34,7 +34,7 @@ from tollgate_notifier import alerts, store
 from tollgate_notifier.alerts import Outcome
 from tollgate_notifier.settings import NotifierSettings
 from tollgate_platform.bus import create_broker, publish_event
-from tollgate_platform.db import retry_serializable
+from tollgate_platform.db import UNAVAILABLE, retry_serializable
 from tollgate_platform.telemetry import inject_headers
 
 log = structlog.get_logger("tollgate_notifier.consumers")
@@ -126,8 +126,7 @@ class Handler:
         kind, decide = decision
         try:
             outcome, created = await retry_serializable(lambda: self._apply(subject, decide))
-        except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError, TimeoutError,
-                asyncpg.TooManyConnectionsError, asyncpg.CannotConnectNowError) as exc:
+        except UNAVAILABLE as exc:
             await self._retry_or_give_up(js, msg, delivered, f"database unavailable: {type(exc).__name__}")
             return
         except Exception as exc:
