@@ -23,6 +23,9 @@ class EmulatorSettings(BaseSettings):
     deduct_interval_s: float = Field(default=2.0, gt=0)
     webhook_retry_factor: float = Field(default=0.001, ge=0)
     webhook_timeout_s: float = Field(default=15.0, gt=0)
+    # Deliveries in flight per endpoint. Dodo (Svix) sends in parallel and promises no order;
+    # 1 gives strict emission order, for tests that want it.
+    webhook_concurrency: int = Field(default=8, ge=1, le=256)
     webhook_secret: str = DEV_WEBHOOK_SECRET
     api_key: str | None = None
     business_id: str = "bus_tollgatedev0000001"

@@ -48,7 +48,7 @@ class WebhookDispatcher:
         self._seq = itertools.count()
         self._wakeup = asyncio.Event()
         self._queues: dict[str, deque[str]] = {}
-        self._senders: dict[str, asyncio.Task[None]] = {}
+        self._senders: dict[str, set[asyncio.Task[None]]] = {}
         self._held: list[str] = []
         self._held_timer: asyncio.TimerHandle | None = None
         self._client: httpx.AsyncClient | None = None
@@ -66,7 +66,7 @@ class WebhookDispatcher:
                 self._ready(delivery["id"])
 
     async def stop(self) -> None:
-        tasks = [t for t in (self._timer_task, *self._senders.values()) if t is not None]
+        tasks = [t for t in (self._timer_task, *self._sender_tasks()) if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -83,9 +83,12 @@ class WebhookDispatcher:
         if self._held_timer is not None:
             self._held_timer.cancel()
             self._held_timer = None
-        for task in self._senders.values():
+        for task in self._sender_tasks():
             task.cancel()
         self._senders.clear()
+
+    def _sender_tasks(self) -> list[asyncio.Task[None]]:
+        return [task for tasks in self._senders.values() for task in tasks]
 
     @property
     def running(self) -> bool:
@@ -199,9 +202,11 @@ class WebhookDispatcher:
             return
         endpoint_id = delivery["endpoint_id"]
         self._queues.setdefault(endpoint_id, deque()).append(delivery_id)
-        if endpoint_id not in self._senders:
-            # One sender per endpoint keeps deliveries to one receiver in emission order.
-            self._senders[endpoint_id] = asyncio.create_task(self._drain(endpoint_id))
+        senders = self._senders.setdefault(endpoint_id, set())
+        if len(senders) < self.emu.settings.webhook_concurrency:
+            # Up to `webhook_concurrency` senders per endpoint, as Dodo (Svix) sends in parallel; a
+            # single sender keeps deliveries to one receiver in emission order.
+            senders.add(asyncio.create_task(self._drain(endpoint_id)))
 
     async def _timer(self) -> None:
         loop = asyncio.get_running_loop()
@@ -227,7 +232,9 @@ class WebhookDispatcher:
                 except Exception:
                     log.exception("webhook delivery %s crashed", delivery_id)
         finally:
-            self._senders.pop(endpoint_id, None)
+            # Synchronously with the queue found empty: a delivery queued after this still finds
+            # room for a sender.
+            self._senders.get(endpoint_id, set()).discard(asyncio.current_task())  # type: ignore[arg-type]
 
     # -- sending -----------------------------------------------------------------------------
 
