@@ -203,9 +203,10 @@ class WebhookDispatcher:
         endpoint_id = delivery["endpoint_id"]
         self._queues.setdefault(endpoint_id, deque()).append(delivery_id)
         senders = self._senders.setdefault(endpoint_id, set())
-        if len(senders) < self.emu.settings.webhook_concurrency:
-            # Up to `webhook_concurrency` senders per endpoint, as Dodo (Svix) sends in parallel; a
-            # single sender keeps deliveries to one receiver in emission order.
+        # Up to `webhook_concurrency` senders per endpoint, as Dodo (Svix) sends in parallel; a
+        # single sender keeps deliveries to one receiver in order, which the reorder fault needs.
+        limit = 1 if self.emu.faults.config.webhooks.reorder else self.emu.settings.webhook_concurrency
+        if len(senders) < limit:
             senders.add(asyncio.create_task(self._drain(endpoint_id)))
 
     async def _timer(self) -> None:
