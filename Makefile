@@ -25,7 +25,7 @@ logs: ## Tail the logs of everything `make up` started
 	tail -n 50 -f .run/logs/*.log
 
 test: sync ## Run the whole test suite against real NATS, Postgres and Redis
-	$(PYTEST) -m "not chaos and not e2e" -q
+	$(PYTEST) -m "not chaos and not e2e" -q --durations=10
 
 test-chaos: sync ## Fault-injection suite (kills, restarts, faulty Dodo) and the money audit
 	$(PYTEST) -m chaos -q
