@@ -1,11 +1,12 @@
 """Metering benchmark: usage events/s from JetStream to the Dodo emulator, and the lag.
 
-    uv run python bench/metering/run.py [--rates 5000,10000,20000] [--seconds 15] [--preload 100000]
+    uv run python bench/metering/run.py [--rates 10000,12500,15000,20000] [--seconds 10] [--preload 100000]
 
 Everything runs on this machine, each in its own process: a private nats-server (JetStream on a
 temp dir), the Dodo emulator (`python -m tollgate_standins.dodo_emulator`), the metering service
 (`python -m tollgate_metering`, one replica, default settings) and a publisher
-(bench/metering/publisher.py, JetStream publishes with PubAcks, like the gateway).
+(bench/metering/publisher.py: JetStream publishes with the gateway's headers - Nats-Msg-Id,
+Content-Type, traceparent - and PubAcks, many per socket write, like the gateway's publisher).
 
 Two phases:
 1. capacity: `--preload` events are published with metering stopped; metering is started and
@@ -14,7 +15,8 @@ Two phases:
    metering running. Reported:
    the rate Dodo received, and the lag = Dodo's 200 for the batch minus the usage's timestamp
    (set at publish), from metering's histogram (p50/p99 interpolated within buckets), plus a
-   cross-check from outside: published-count vs. emulator-count curves sampled every 100 ms.
+   cross-check from outside: published-count vs. emulator-count curves sampled every 100 ms;
+   and the CPU each process (publisher included) spent per usage event meanwhile.
 Each usage event is 2 Dodo events (input and output meter). Bounded to about 2 minutes.
 """
 
@@ -176,11 +178,13 @@ def max_bound(buckets: dict[float, float]) -> float:
 
 
 async def steady_phase(
-    http: httpx.AsyncClient, emu_url: str, metering_url: str, publisher: Any, work: Path, rate: float, seconds: float
+    http: httpx.AsyncClient, emu_url: str, metering_url: str, publisher: Any, work: Path, rate: float, seconds: float,
+    procs: list[Proc],
 ) -> dict[str, Any]:
     count = int(rate * seconds)
     prefix = f"steady{int(rate)}"
     before = await lag_histogram(http, metering_url)
+    cpu_before = {name: cpu_seconds(pid) for name, pid in pids(procs).items()}
     base_events = await emulator_events(http, emu_url)
     proc = publisher(count, rate, prefix)
     t0 = time.monotonic()
@@ -193,6 +197,7 @@ async def steady_phase(
             break
         await asyncio.sleep(0.1)
     proc.wait(60)
+    cpu_used = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids(procs).items()}
     after = await lag_histogram(http, metering_url)
     summary = json.loads((work / f"publisher-{prefix}.json").read_text())
     window = [d for d in delivered if d[0] <= summary["seconds"]]
@@ -211,6 +216,10 @@ async def steady_phase(
         "lag_p99_s": round(quantile(delta, 0.99), 3),
         "lag_max_le_s": max_bound(delta),
         "curve_lag_p99_s": round(curve_lag([(t, c) for t, c in summary["timeline"]], delivered, 0.99), 3),
+        "cpu_us_per_usage_event": {
+            **{k: round(v / count * 1e6, 1) for k, v in cpu_used.items()},
+            "publisher": round(summary.get("cpu_seconds", 0.0) / count * 1e6, 1),
+        },
     }
 
 
@@ -288,6 +297,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "usage_events_per_s": round(args.preload / drain_s),
                 "dodo_events_per_s": round(target / drain_s),
                 "publisher_preload_per_s": round(preload["count"] / preload["seconds"]),
+                "publisher_cpu_us_per_usage_event": round(preload.get("cpu_seconds", 0.0) / args.preload * 1e6, 1),
                 # CPU each process spent per usage event while draining: what one core would sustain.
                 "cpu_us_per_usage_event": {k: round(v / args.preload * 1e6, 1) for k, v in cpu_used.items()},
             }
@@ -296,7 +306,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             result["steady"] = []
             for rate in args.rates:
                 result["steady"].append(
-                    await steady_phase(http, emu_url, metering_url, publisher, work, rate, args.seconds)
+                    await steady_phase(http, emu_url, metering_url, publisher, work, rate, args.seconds, procs)
                 )
             result["metering_metrics"] = {
                 k: v for k, v in (await metrics_text(http, metering_url)).items()
@@ -321,7 +331,8 @@ def _cpu_model() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rates", type=lambda v: [float(x) for x in v.split(",")], default=[5_000, 10_000, 20_000],
+    parser.add_argument("--rates", type=lambda v: [float(x) for x in v.split(",")],
+                        default=[10_000, 12_500, 15_000, 20_000],
                         help="comma-separated usage events/s for the steady phases")
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--preload", type=int, default=100_000)

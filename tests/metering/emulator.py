@@ -4,7 +4,6 @@ shared Tollgate-side set-up: bootstrap, Dodo customers, usage events."""
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -12,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
 from dodopayments import AsyncDodoPayments
 
+from support.threaded_server import ThreadedServer
 from tollgate_contracts.events import UsageRecorded
 from tollgate_dodo.bootstrap import BootstrapReport, BootstrapSettings, bootstrap
 from tollgate_dodo.catalogue import MeterStrategy
@@ -27,43 +26,11 @@ API_KEY = "sk_test_metering"
 BOOK = PriceBook.load(REPO_ROOT / "config" / "pricing.toml")
 
 
-class ThreadedApp:
-    """An ASGI app under uvicorn in a daemon thread of this process (own loop, real sockets), so a
-    test's blocking calls never stall it."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-        self.server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on",
-                           timeout_graceful_shutdown=1)
-        )
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.port = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> ThreadedApp:
-        self.thread.start()
-        deadline = time.monotonic() + 15
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("server did not start")
-            time.sleep(0.01)
-        self.port = self.server.servers[0].sockets[0].getsockname()[1]
-        return self
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
-
-
-class RunningEmulator(ThreadedApp):
+class RunningEmulator(ThreadedServer):
     def __init__(self, **overrides: Any) -> None:
         options: dict[str, Any] = {"port": 0, "deduct_interval_s": 3600.0, "log_level": "warning"}
         options.update(overrides)
-        super().__init__(create_app(EmulatorSettings(**options)))
+        super().__init__(create_app(EmulatorSettings(**options)), graceful_shutdown_s=1)
 
     @property
     def emu(self) -> Emulator:

@@ -11,9 +11,10 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from openai import AsyncOpenAI, OpenAI
 
-from metering.emulator import BOOK, ThreadedApp
+from metering.emulator import BOOK
 from metering.harness import Dodo, metering
 from support.servers import Infra, eventually
+from support.threaded_server import ThreadedServer
 from tollgate_contracts.events import UsageRecorded
 from tollgate_metering.blueprint import UsageTracker
 from tollgate_money import TokenUsage
@@ -26,8 +27,8 @@ MESSAGES = [{"role": "user", "content": "Say something about tollgates."}]
 
 
 @pytest.fixture(scope="module")
-def upstream() -> Iterator[ThreadedApp]:
-    server = ThreadedApp(create_mock_upstream(MockUpstreamSettings(api_key=UPSTREAM_KEY, output_tokens=12))).start()
+def upstream() -> Iterator[ThreadedServer]:
+    server = ThreadedServer(create_mock_upstream(MockUpstreamSettings(api_key=UPSTREAM_KEY, output_tokens=12))).start()
     try:
         yield server
     finally:
@@ -56,7 +57,7 @@ async def recorded(js: JetStreamContext) -> dict[str, UsageRecorded]:
 
 
 async def test_sync_client_usage_is_published_for_plain_stream_and_embedding_calls(
-    clean_bus: Infra, nats_js: JetStreamContext, upstream: ThreadedApp
+    clean_bus: Infra, nats_js: JetStreamContext, upstream: ThreadedServer
 ) -> None:
     tracker = UsageTracker(clean_bus.nats_url, price_book=BOOK)
     client = tracker.wrap(OpenAI(base_url=f"{upstream.url}/v1", api_key=UPSTREAM_KEY, max_retries=0),
@@ -87,7 +88,7 @@ async def test_sync_client_usage_is_published_for_plain_stream_and_embedding_cal
 
 
 async def test_async_client_usage_reaches_dodo_through_metering(
-    clean_bus: Infra, nats_js: JetStreamContext, dodo: Dodo, upstream: ThreadedApp
+    clean_bus: Infra, nats_js: JetStreamContext, dodo: Dodo, upstream: ThreadedServer
 ) -> None:
     tracker = UsageTracker(clean_bus.nats_url, price_book=BOOK)
     client = tracker.wrap(AsyncOpenAI(base_url=f"{upstream.url}/v1", api_key=UPSTREAM_KEY, max_retries=0),
@@ -110,7 +111,7 @@ async def test_async_client_usage_reaches_dodo_through_metering(
 
 
 async def test_a_nats_outage_delays_publishing_not_the_call(
-    clean_bus: Infra, nats_js: JetStreamContext, upstream: ThreadedApp
+    clean_bus: Infra, nats_js: JetStreamContext, upstream: ThreadedServer
 ) -> None:
     tracker = UsageTracker(clean_bus.nats_url, price_book=BOOK, retry_delay_s=0.1)
     client = tracker.wrap(OpenAI(base_url=f"{upstream.url}/v1", api_key=UPSTREAM_KEY, max_retries=0),

@@ -18,13 +18,12 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from dodopayments import AsyncDodoPayments
-from nats.aio.client import Client
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from opentelemetry import propagate, trace
 from opentelemetry.trace import Link, SpanKind
@@ -33,33 +32,26 @@ from tollgate_metering import deadletter, ingest, metrics
 from tollgate_metering.mapping import Mapped, Mapper, Permanent, Skip
 from tollgate_metering.pull import Puller
 from tollgate_metering.settings import MeteringSettings
+from tollgate_metering.wire import Delivery, MeteringClient
 from tollgate_platform.logging import get_logger
 
 log = get_logger("tollgate_metering.consumer")
 
 MAX_LINKS = 32
 REPLAY_MARK = ":replay:"
+_REPLAY_MARK_B = REPLAY_MARK.encode()
 
 
 @dataclass(eq=False, slots=True)
 class Held:
-    msg: Msg
+    msg: Delivery
     mapped: Mapped
     signalled: float  # when the server last heard about this message (delivery or in_progress)
-    duplicates: list[Msg] = field(default_factory=list)
+    duplicates: list[Delivery] | None = None
 
     @property
-    def msgs(self) -> list[Msg]:
-        return [self.msg, *self.duplicates]
-
-    @property
-    def deliveries(self) -> int:
-        # Parsed from the reply subject only when needed (naks, dead letters): it is not free.
-        return _deliveries(self.msg)
-
-
-def _deliveries(msg: Msg) -> int:
-    return int(msg.metadata.num_delivered or 1)
+    def msgs(self) -> list[Delivery]:
+        return [self.msg] if self.duplicates is None else [self.msg, *self.duplicates]
 
 
 @dataclass(eq=False, slots=True)
@@ -88,7 +80,7 @@ class UsageConsumer:
     def __init__(
         self,
         settings: MeteringSettings,
-        nc: Client,
+        nc: MeteringClient,
         js: JetStreamContext,
         client: AsyncDodoPayments,
         mapper: Callable[[], Mapper],
@@ -96,12 +88,14 @@ class UsageConsumer:
         tracer: trace.Tracer,
     ) -> None:
         self.settings = settings
+        self.nc = nc
         self.js = js
         self.client = client
         self.mapper = mapper
         self.limits = limits
         self.tracer = tracer
-        self.queue: asyncio.Queue[Batch] = asyncio.Queue(maxsize=settings.senders)
+        # Unbounded: what bounds it is max_held_messages (pulling stops; the backlog stays in NATS).
+        self.queue: asyncio.Queue[Batch] = asyncio.Queue()
         self.open = Batch()
         self.inflight: dict[str, Held] = {}  # request id -> held message
         self.held = 0
@@ -109,6 +103,16 @@ class UsageConsumer:
         self.room.set()
         self.stopping = False
         self.tasks: list[asyncio.Task[None]] = []
+        self.side_tasks: set[asyncio.Task[None]] = set()  # dead letters, skips, naks off the hot path
+        self._now: datetime | None = None
+        self._mono = 0.0
+        self._mapper: Mapper | None = None
+        # Read once: settings attributes are not free, and these are used per message.
+        self._batch_max = settings.batch_max_events
+        limit = settings.max_held_messages
+        # Room for a whole fetch, not for one message: near the limit, fetching whatever fits
+        # would turn into one round trip per message.
+        self._room_below = limit - min(settings.fetch_batch, limit)
         self.puller = Puller(
             nc, limits.stream, limits.durable, self._on_message, self.room, settings.fetch_batch
         )
@@ -129,9 +133,11 @@ class UsageConsumer:
         """Stop pulling, deliver what is held (bounded by drain_timeout_s), hand back the rest."""
         self.stopping = True
         await self.puller.stop()
-        await self._emit_open()
+        self._emit_open()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.queue.join(), timeout=self.settings.drain_timeout_s)
+        if self.side_tasks:
+            await asyncio.wait(list(self.side_tasks), timeout=5)
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
@@ -140,66 +146,100 @@ class UsageConsumer:
 
     # -- receiving ---------------------------------------------------------------------------
 
-    async def _on_message(self, msg: Msg) -> None:
+    def _on_message(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+        """Called by the parser for each message, synchronously: no await on the hot path."""
+        msg = Delivery((subject, reply, data, headers))
+        now = self._now
+        if now is None:  # one clock reading (and catalogue look) per batch of messages off the socket
+            now = self._now = datetime.now(UTC)
+            self._mono = time.monotonic()
+            asyncio.get_running_loop().call_soon(self._reset_now)
         try:
-            await self._accept(msg, datetime.now(UTC))
+            self._accept(msg, now)
         except Exception:  # a bug must not stop the stream; the message comes back later
             log.exception("accepting a message failed", subject=msg.subject)
-            with contextlib.suppress(Exception):
-                await msg.nak(delay=self.settings.nak_delay_max_s)
+            self._side(self._nak_msgs([msg], self.settings.nak_delay_max_s))
 
-    async def _accept(self, msg: Msg, now: datetime) -> None:
-        headers = msg.headers or {}
-        msg_id = headers.get("Nats-Msg-Id")
+    def _reset_now(self) -> None:
+        self._now = None
+        self._mapper = None
+
+    def _accept(self, msg: Delivery, now: datetime) -> None:
+        replay = False
+        raw_headers = msg[3]
+        if raw_headers is not None and _REPLAY_MARK_B in raw_headers:  # cheap test; the dict only if needed
+            msg_id = (msg.headers or {}).get("Nats-Msg-Id")
+            replay = bool(msg_id and REPLAY_MARK in msg_id)
+        mapper = self._mapper
+        if mapper is None:
+            mapper = self._mapper = self.mapper()
         try:
-            mapped = self.mapper().map(msg.data, now=now, replay=bool(msg_id and REPLAY_MARK in msg_id))
+            mapped = mapper.map(msg[2], now=now, replay=replay)
         except Skip as skip:
             metrics.SKIPPED.labels(skip.code).inc()
-            log.warning("usage skipped by policy", reason=skip.code, subject=msg.subject, msg_id=msg_id)
-            await self._ack_msgs([msg])
+            log.warning("usage skipped by policy", reason=skip.code, subject=msg.subject,
+                        msg_id=(msg.headers or {}).get("Nats-Msg-Id"))
+            self._side(self._ack_msgs([msg]))
             return
         except Permanent as perm:
             self._track(1)
-            await self._dead_letter_msgs([msg], perm.code, perm.detail, _deliveries(msg))
+            self._side(self._dead_letter_msgs([msg], perm.code, perm.detail, self._deliveries(msg)))
             return
-        self._track(1)
+        self.held += 1
+        if self.held > self._room_below:  # _track(1), inline: this runs per message
+            self.room.clear()
         existing = self.inflight.get(mapped.request_id)
         if existing is not None:
             # A redelivered (or re-published) copy of a request already on its way: it shares
             # that copy's outcome instead of racing it in a second ingest call.
-            existing.duplicates.append(msg)
+            if existing.duplicates is None:
+                existing.duplicates = [msg]
+            else:
+                existing.duplicates.append(msg)
             return
-        held = Held(msg, mapped, time.monotonic())
+        held = Held(msg, mapped, self._mono)
         self.inflight[mapped.request_id] = held
         size = len(mapped.events)
-        if self.open.items and self.open.events + size > self.settings.batch_max_events:
-            await self._emit_open()
-        if not self.open.items:
-            self.open.opened = time.monotonic()
-        self.open.items.append(held)
-        self.open.events += size
-        if self.open.events >= self.settings.batch_max_events:
-            await self._emit_open()
+        open_batch = self.open
+        if open_batch.items and open_batch.events + size > self._batch_max:
+            self._emit_open()
+            open_batch = self.open
+        if not open_batch.items:
+            open_batch.opened = held.signalled
+        open_batch.items.append(held)
+        open_batch.events += size
+        if open_batch.events >= self._batch_max:
+            self._emit_open()
 
-    async def _emit_open(self) -> None:
+    def _emit_open(self) -> None:
         if not self.open.items:
             return
         batch, self.open = self.open, Batch()
-        await self.queue.put(batch)
+        self.queue.put_nowait(batch)
+
+    def _side(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self.side_tasks.add(task)
+        task.add_done_callback(self._side_done)
+
+    def _side_done(self, task: asyncio.Task[None]) -> None:
+        self.side_tasks.discard(task)
+        _report_crash(task)
+
+    def _deliveries(self, msg: Delivery) -> int:
+        # Parsed from the reply subject only when needed (naks, dead letters): it is not free.
+        return int(msg.msg(self.nc).metadata.num_delivered or 1)
 
     async def _flush_loop(self) -> None:
         interval = self.settings.flush_interval_ms / 1000
         while True:
             await asyncio.sleep(min(interval / 4, 0.05))
             if self.open.items and time.monotonic() - self.open.opened >= interval:
-                await self._emit_open()
+                self._emit_open()
 
     def _track(self, delta: int) -> None:
         self.held += delta
-        # Room for a whole fetch, not for one message: near the limit, fetching whatever fits
-        # would turn into one round trip per message.
-        limit = self.settings.max_held_messages
-        if self.held + min(self.settings.fetch_batch, limit) <= limit:
+        if self.held <= self._room_below:
             self.room.set()
         else:
             self.room.clear()
@@ -224,9 +264,10 @@ class UsageConsumer:
         outcome = await self._ingest_with_retries(items)
         if isinstance(outcome, ingest.Accepted):
             now = datetime.now(UTC)
-            for held in items:
-                metrics.DELIVERY_LAG.observe(max((now - held.mapped.occurred_at).total_seconds(), 0.0))
-                await self._settle(held, "ack")
+            metrics.observe_many(
+                metrics.DELIVERY_LAG, [max((now - held.mapped.occurred_at).total_seconds(), 0.0) for held in items]
+            )
+            await self._ack_held(items)
             return
         if isinstance(outcome, ingest.Rejected):
             if len(items) == 1:
@@ -242,14 +283,15 @@ class UsageConsumer:
             await self._deliver(items[middle:])
             return
         for held in items:
-            if held.deliveries >= self.limits.max_deliver:
+            deliveries = self._deliveries(held.msg)
+            if deliveries >= self.limits.max_deliver:
                 # The server would silently stop redelivering after this: never let it.
                 await self._settle(
                     held, "deadletter", reason="dodo_unavailable",
-                    detail=f"{outcome.reason} on delivery {held.deliveries} of {self.limits.max_deliver}",
+                    detail=f"{outcome.reason} on delivery {deliveries} of {self.limits.max_deliver}",
                 )
             else:
-                await self._settle(held, "nak", delay=self._nak_delay(held.deliveries, outcome.retry_after))
+                await self._settle(held, "nak", delay=self._nak_delay(deliveries, outcome.retry_after))
 
     async def _ingest_with_retries(self, items: list[Held]) -> ingest.Outcome:
         events = [event for held in items for event in held.mapped.events]
@@ -296,11 +338,12 @@ class UsageConsumer:
     def _span(self, items: list[Held], events: int, attempt: int) -> contextlib.AbstractContextManager[trace.Span]:
         """One span per ingest call, a child of the first message's trace (gateway -> NATS ->
         metering -> Dodo) and linked to the traces of the others."""
-        contexts = [
-            trace.get_current_span(propagate.extract(held.msg.headers)).get_span_context()
-            for held in items[:MAX_LINKS]
-            if held.msg.headers and "traceparent" in held.msg.headers
-        ]
+        contexts = []
+        for held in items[:MAX_LINKS]:
+            if held.msg.header_contains(b"traceparent"):
+                headers = held.msg.headers
+                if headers and "traceparent" in headers:
+                    contexts.append(trace.get_current_span(propagate.extract(headers)).get_span_context())
         parent = trace.set_span_in_context(trace.NonRecordingSpan(contexts[0])) if contexts else None
         return self.tracer.start_as_current_span(
             "metering ingest",
@@ -312,6 +355,21 @@ class UsageConsumer:
 
     # -- outcomes ----------------------------------------------------------------------------
 
+    async def _ack_held(self, items: list[Held]) -> None:
+        """Dodo took the whole batch: ack every message of it (and its riders) in one write."""
+        msgs: list[Delivery] = []
+        inflight = self.inflight
+        for held in items:
+            request_id = held.mapped.request_id
+            if inflight.get(request_id) is held:
+                del inflight[request_id]
+            msgs.append(held.msg)
+            if held.duplicates is not None:
+                msgs.extend(held.duplicates)
+        await self._ack_msgs(msgs)
+        metrics.USAGE_ACKED.inc(len(msgs))
+        self._track(-len(msgs))
+
     async def _settle(
         self, held: Held, how: str, *, delay: float = 0.0, reason: str = "", detail: str = ""
     ) -> None:
@@ -322,22 +380,25 @@ class UsageConsumer:
             await self._ack_msgs(msgs)
             metrics.USAGE_ACKED.inc(len(msgs))
         elif how == "nak":
-            metrics.NAKS.inc(len(msgs))
-            for msg in msgs:
-                with contextlib.suppress(Exception):
-                    await msg.nak(delay=delay)
+            await self._nak_msgs(msgs, delay)
         else:
-            await self._dead_letter_msgs(msgs, reason, detail, held.deliveries)
+            await self._dead_letter_msgs(msgs, reason, detail, self._deliveries(held.msg))
             return
         self._track(-len(msgs))
 
-    async def _ack_msgs(self, msgs: list[Msg]) -> None:
-        for msg in msgs:
-            # Fire-and-forget: a lost ack only redelivers, and Dodo ignores the repeat.
-            with contextlib.suppress(Exception):
-                await msg.ack()
+    async def _ack_msgs(self, msgs: list[Delivery]) -> None:
+        # Fire-and-forget, one write for all (what Msg.ack() sends, each): a lost ack only
+        # redelivers, and Dodo ignores the repeat.
+        with contextlib.suppress(Exception):
+            await self.nc.send_raw(b"".join([msg.ack_command() for msg in msgs]))
 
-    async def _dead_letter_msgs(self, msgs: list[Msg], code: str, detail: str, deliveries: int) -> None:
+    async def _nak_msgs(self, msgs: list[Delivery], delay: float) -> None:
+        metrics.NAKS.inc(len(msgs))
+        for msg in msgs:
+            with contextlib.suppress(Exception):
+                await msg.msg(self.nc).nak(delay=delay)
+
+    async def _dead_letter_msgs(self, msgs: list[Delivery], code: str, detail: str, deliveries: int) -> None:
         first = msgs[0]
         msg_id = (first.headers or {}).get("Nats-Msg-Id")
         letter = deadletter.build(first.subject, msg_id, first.data, f"{code}: {detail}", deliveries)
@@ -348,7 +409,7 @@ class UsageConsumer:
             log.warning("dead letter not published; message will redeliver", error=type(exc).__name__)
             for msg in msgs:
                 with contextlib.suppress(Exception):
-                    await msg.nak(delay=self.settings.backoff_max_s)
+                    await msg.msg(self.nc).nak(delay=self.settings.backoff_max_s)
             self._track(-len(msgs))
             return
         metrics.DEAD_LETTERS.labels(code).inc(len(msgs))
@@ -372,4 +433,4 @@ class UsageConsumer:
                     held.signalled = now
                     for msg in held.msgs:
                         with contextlib.suppress(Exception):
-                            await msg.in_progress()
+                            await msg.msg(self.nc).in_progress()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import bisect
+
 from prometheus_client import Counter, Gauge, Histogram
 
 PENDING_MESSAGES = Gauge(
@@ -54,3 +56,24 @@ SKIPPED = Counter(
     "tollgate_metering_skipped_total", "Usage messages acknowledged without a Dodo event, by reason.", ["reason"]
 )
 HELD_MESSAGES = Gauge("tollgate_metering_held_messages", "Usage messages this replica holds unacknowledged.")
+
+
+def observe_many(histogram: Histogram, amounts: list[float]) -> None:
+    """`histogram.observe(a)` for each amount, with one increment per bucket instead of two locked
+    increments per amount (a batch acks up to 1000 usage events at once). Same resulting series;
+    falls back to `observe` if prometheus_client's internals ever change."""
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total = getattr(histogram, "_sum", None)
+    if bounds is None or buckets is None or total is None or len(bounds) != len(buckets):
+        for amount in amounts:
+            histogram.observe(amount)
+        return
+    histogram._raise_if_not_observable()  # type: ignore[attr-defined,no-untyped-call]
+    counts = [0] * len(bounds)
+    for amount in amounts:
+        counts[bisect.bisect_left(bounds, amount)] += 1  # first bound >= amount, as observe() finds it
+    for bucket, count in zip(buckets, counts, strict=True):
+        if count:
+            bucket.inc(count)
+    total.inc(sum(amounts))

@@ -9,7 +9,6 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from nats.aio.client import Client
 from nats.js import JetStreamContext
 from opentelemetry.sdk.trace import TracerProvider
 
@@ -20,8 +19,8 @@ from tollgate_metering import metrics
 from tollgate_metering.consumer import ConsumerLimits, UsageConsumer
 from tollgate_metering.mapping import Mapper
 from tollgate_metering.settings import MeteringSettings
+from tollgate_metering.wire import MeteringClient, connect
 from tollgate_money import PriceBook
-from tollgate_platform import bus
 from tollgate_platform.logging import get_logger
 
 log = get_logger("tollgate_metering.runtime")
@@ -75,7 +74,7 @@ class Runtime:
     def __init__(self, settings: MeteringSettings, provider: TracerProvider) -> None:
         self.settings = settings
         self.provider = provider
-        self.nc: Client | None = None
+        self.nc: MeteringClient | None = None
         self.js: JetStreamContext | None = None
         self.consumer: UsageConsumer | None = None
         self.catalogue = CatalogueWatch(settings.dodo_catalogue_file, PriceBook.load(settings.pricing_file), settings)
@@ -88,7 +87,7 @@ class Runtime:
         self._dodo_ok_at = -DODO_CHECK_TTL_S
 
     async def start(self) -> None:
-        self.nc = await bus.connect(self.settings.nats_url, "tollgate-metering")
+        self.nc = await connect(self.settings.nats_url, "tollgate-metering")
         self.js = self.nc.jetstream()
         self.tasks = [
             asyncio.create_task(self._start_consumer(), name="metering-starter"),

@@ -23,6 +23,7 @@ from . import (
 )
 from .errors import install_error_handlers
 from .faults import FaultMiddleware
+from .routes_events import IngestFastPath
 from .runtime import Emulator
 from .settings import EmulatorSettings
 
@@ -71,7 +72,9 @@ def create_app(settings: EmulatorSettings | None = None) -> FastAPI:
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    # Faults wrap everything so that an injected error looks like the server's own answer.
+    # Faults wrap everything so that an injected error looks like the server's own answer; the
+    # ingest fast path sits innermost, inside the faults and the dirty marker like the route.
+    app.add_middleware(IngestFastPath, emu=emu)
     app.add_middleware(DirtyMarker, emu=emu)
     app.add_middleware(FaultMiddleware, emu=emu)
     return app
