@@ -51,7 +51,9 @@ async def subs_infra(infra: Infra) -> AsyncIterator[Infra]:
         await nc.close()
     database_url = await create_database()
     try:
-        yield dataclasses.replace(infra, database_url=database_url)
+        # Its own Redis database too: the session's other gateways (default settings) would hold
+        # the republisher's lock for most of every minute.
+        yield dataclasses.replace(infra, database_url=database_url, redis_db=1)
     finally:
         await drop_database(database_url)
 

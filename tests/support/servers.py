@@ -93,6 +93,7 @@ class Infra:
     database_url: str
     workdir: Path
     extra: dict[str, Any] = field(default_factory=dict)
+    redis_db: int = 0  # a package whose services must not meet other packages' (e.g. their locks)
 
     @property
     def nats_url(self) -> str:
@@ -100,7 +101,7 @@ class Infra:
 
     @property
     def redis_url(self) -> str:
-        return f"redis://127.0.0.1:{self.redis.port}/0"
+        return f"redis://127.0.0.1:{self.redis.port}/{self.redis_db}"
 
     def env(self) -> dict[str, str]:
         """Environment for a Tollgate process pointed at this session's servers."""
