@@ -8,11 +8,8 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from nats.js.errors import NotFoundError
 
-from support.servers import Infra, create_database, drop_database, start_nats, start_redis
-from tollgate_contracts.streams import ALL_CONSUMERS, ALL_STREAMS
-from tollgate_platform import bus
+from support.servers import Infra, create_database, drop_database, reset_bus, start_nats, start_redis
 
 
 @pytest.fixture(scope="session")
@@ -37,17 +34,7 @@ async def infra(workdir: Path) -> AsyncIterator[Infra]:
 @pytest.fixture
 async def clean_bus(infra: Infra) -> AsyncIterator[Infra]:
     """Streams and consumers exactly as provisioning makes them, emptied for this test."""
-    nc = await bus.connect(infra.nats_url, "tests")
-    js = nc.jetstream()
-    for consumer in ALL_CONSUMERS:
-        try:
-            await js.delete_consumer(consumer.stream.name, consumer.durable)
-        except NotFoundError:
-            pass
-    await bus.provision(js)
-    for stream in ALL_STREAMS:
-        await js.purge_stream(stream.name)
-    await nc.close()
+    await reset_bus(infra.nats_url)
     yield infra
 
 

@@ -17,10 +17,8 @@ import asyncpg
 import httpx
 import redis.asyncio as redis
 
-from support.servers import Infra, ManagedProcess, create_database, drop_database, free_port, wait_http
+from support.servers import Infra, ManagedProcess, create_database, drop_database, free_port, reset_bus, wait_http
 from support.system import System
-from tollgate_contracts.streams import ALL_CONSUMERS, ALL_STREAMS
-from tollgate_platform import bus
 
 # One tier that never throttles the load (rate limits are not what this suite measures) and one
 # reached by buying a pack, so tier changes and their alerts happen during the run.
@@ -128,15 +126,7 @@ async def _start_proxy(infra: Infra, name: str, upstream_port: int, seed: int) -
 
 async def _provision(infra: Infra) -> None:
     """Streams and consumers exactly as `tollgate provision streams` makes them, emptied."""
-    nc = await bus.connect(infra.nats_url, "chaos-provision")
-    js = nc.jetstream()
-    for consumer in ALL_CONSUMERS:
-        with contextlib.suppress(Exception):
-            await js.delete_consumer(consumer.stream.name, consumer.durable)
-    await bus.provision(js)
-    for stream in ALL_STREAMS:
-        await js.purge_stream(stream.name)
-    await nc.close()
+    await reset_bus(infra.nats_url)
     client = redis.Redis.from_url(infra.redis_url)
     await client.flushall()
     await client.aclose()

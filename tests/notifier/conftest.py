@@ -9,10 +9,9 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from nats.js.errors import NotFoundError
 
-from support.servers import AppServer, Infra, ManagedProcess, service_process
-from tollgate_contracts.streams import ALL_STREAMS, NOTIFIER_BILLING, NOTIFIER_DEADLETTERS, NOTIFIER_TIERS
+from support.servers import AppServer, Infra, ManagedProcess, reset_bus, service_process
+from tollgate_contracts.streams import NOTIFIER_BILLING, NOTIFIER_DEADLETTERS, NOTIFIER_TIERS
 from tollgate_platform import bus
 from tollgate_standins.slack_sink import SlackSinkSettings
 from tollgate_standins.slack_sink import create_app as create_slack_sink
@@ -36,15 +35,7 @@ async def sinks() -> AsyncIterator[Sinks]:
 async def notifier_bus(infra: Infra) -> Infra:
     """The notifier's consumers as provisioning makes them, fresh for this module (replicas bind to
     them for the whole module, so the per-test clean_bus, which deletes consumers, is not used)."""
-    nc = await bus.connect(infra.nats_url, "tests")
-    js = nc.jetstream()
-    for consumer in NOTIFIER_CONSUMERS:
-        with contextlib.suppress(NotFoundError):
-            await js.delete_consumer(consumer.stream.name, consumer.durable)
-    await bus.provision(js)
-    for stream in ALL_STREAMS:
-        await js.purge_stream(stream.name)
-    await nc.close()
+    await reset_bus(infra.nats_url, NOTIFIER_CONSUMERS)
     return infra
 
 

@@ -6,7 +6,6 @@ Spans are exported over OTLP/HTTP to a collector in the test process for the sam
 from __future__ import annotations
 
 import base64
-import contextlib
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -17,10 +16,8 @@ import pytest
 from starlette.types import Receive, Scope, Send
 
 from chaos.cluster import TIERS_TOML
-from support.servers import AppServer, Infra, create_database, drop_database
+from support.servers import AppServer, Infra, create_database, drop_database, reset_bus
 from support.system import System
-from tollgate_contracts.streams import ALL_CONSUMERS, ALL_STREAMS
-from tollgate_platform import bus
 
 LEAK_TEST = "test_secrets_never_leak.py"
 
@@ -160,15 +157,7 @@ async def tollgate(infra: Infra, security_secrets: Secrets) -> AsyncIterator[Tol
     (workdir / "tiers.toml").write_text(TIERS_TOML)
     database_url = await create_database()
     own = Infra(nats=infra.nats, redis=infra.redis, database_url=database_url, workdir=workdir)
-    nc = await bus.connect(own.nats_url, "security-provision")
-    js = nc.jetstream()
-    for consumer in ALL_CONSUMERS:
-        with contextlib.suppress(Exception):
-            await js.delete_consumer(consumer.stream.name, consumer.durable)
-    await bus.provision(js)
-    for stream in ALL_STREAMS:
-        await js.purge_stream(stream.name)
-    await nc.close()
+    await reset_bus(own.nats_url)
     traces = TraceCollector()
     async with AppServer(traces) as collector:
         system = System(own, env={

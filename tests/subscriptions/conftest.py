@@ -13,17 +13,14 @@ from pathlib import Path
 
 import pytest
 from dodopayments import AsyncDodoPayments
-from nats.js.errors import NotFoundError
 
 from ledger.support import ADMIN_TOKEN, WEBHOOK_SECRET
 from subscriptions.support import World, write_pricing, write_tiers
-from support.servers import AppServer, Infra, create_database, drop_database, free_port, service_process
-from tollgate_contracts.streams import ALL_CONSUMERS, ALL_STREAMS
+from support.servers import AppServer, Infra, create_database, drop_database, free_port, reset_bus, service_process
 from tollgate_dodo.bootstrap import BootstrapSettings, bootstrap
 from tollgate_ledger.app import create_app as create_ledger
 from tollgate_ledger.settings import LedgerSettings
 from tollgate_money import PriceBook
-from tollgate_platform import bus
 from tollgate_standins.dodo_emulator import EmulatorSettings
 from tollgate_standins.dodo_emulator import create_app as create_emulator
 from tollgate_standins.mock_upstream import MockUpstreamSettings
@@ -36,19 +33,7 @@ DODO_KEY = "dodo-subscriptions-test-key"
 async def subs_infra(infra: Infra) -> AsyncIterator[Infra]:
     """Streams and consumers provisioned and emptied once (as clean_bus does), and a fresh
     database, for everything in this package."""
-    nc = await bus.connect(infra.nats_url, "subscriptions-tests-provision")
-    try:
-        js = nc.jetstream()
-        for consumer in ALL_CONSUMERS:
-            try:
-                await js.delete_consumer(consumer.stream.name, consumer.durable)
-            except NotFoundError:
-                pass
-        await bus.provision(js)
-        for stream in ALL_STREAMS:
-            await js.purge_stream(stream.name)
-    finally:
-        await nc.close()
+    await reset_bus(infra.nats_url)
     database_url = await create_database()
     try:
         # Its own Redis database too: the session's other gateways (default settings) would hold

@@ -22,6 +22,10 @@ import asyncpg
 import httpx
 import uvicorn
 from devstack import find_binary
+from nats.js.errors import NotFoundError
+
+from tollgate_contracts.streams import ALL_CONSUMERS, ALL_STREAMS, ConsumerSpec
+from tollgate_platform import bus
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED_PG = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -231,3 +235,19 @@ async def eventually(check: Any, timeout: float = 15.0, interval: float = 0.05) 
             return last
         await asyncio.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s (last value: {last!r})")
+
+
+async def reset_bus(nats_url: str, consumers: tuple[ConsumerSpec, ...] = ALL_CONSUMERS) -> None:
+    """Streams and consumers exactly as `tollgate provision streams` makes them, emptied: the
+    given consumers are deleted first, so they start from the (empty) streams' beginning."""
+    nc = await bus.connect(nats_url, "tests-provision")
+    try:
+        js = nc.jetstream()
+        for consumer in consumers:
+            with contextlib.suppress(NotFoundError):
+                await js.delete_consumer(consumer.stream.name, consumer.durable)
+        await bus.provision(js)
+        for stream in ALL_STREAMS:
+            await js.purge_stream(stream.name)
+    finally:
+        await nc.close()
